@@ -1,0 +1,309 @@
+"""The ``autopeft`` command line. Commands are thin: they parse flags and call the package."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from autopeft.errors import AutopeftError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, help="Search PEFT configurations with multi-objective BO.")
+study_app = typer.Typer(help="Inspect studies.", no_args_is_help=True)
+space_app = typer.Typer(help="Inspect and validate search spaces.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+app.add_typer(space_app, name="space")
+console = Console()
+err_console = Console(stderr=True)
+
+StorageOpt = typer.Option(None, "--storage", help="SQLAlchemy URL or SQLite file [env AUTOPEFT_STORAGE; default sqlite:///autopeft.db].")
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_pareto(study, title: str | None = None) -> None:
+    from autopeft.analysis import pareto_rows, state_counts
+
+    rows = pareto_rows(study)
+    counts = state_counts(study)
+    table = Table(title=title or f"Pareto front of {study.name}", title_justify="left")
+    for col, justify in (("trial", "right"), ("score", "right"), ("test", "right"), ("trainable %", "right"),
+                         ("params", "right"), ("step s", "right"), ("plan", "left")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        table.add_row(str(r.number), _fmt(r.score, ".4f"), _fmt(r.test_score, ".4f"), _fmt(r.trainable_pct, ".4f"),
+                      _fmt(r.trainable_params, ","), _fmt(r.step_time, ".3f"), r.summary)
+    console.print(table)
+    console.print(
+        f"{counts['COMPLETE']} complete, {counts['FAIL']} failed, {counts['RUNNING']} running, "
+        f"{counts['WAITING']} waiting · fidelity: {study.fidelity.describe()}",
+        highlight=False,
+    )
+
+
+def _fidelity(**values):
+    from autopeft.proxy.fidelity import Fidelity
+
+    return Fidelity.build({k: v for k, v in values.items() if v is not None})
+
+
+@app.callback(invoke_without_command=True)
+def main(ctx: typer.Context) -> None:
+    """With no command, run the quickstart study (same as ``autopeft run``)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run)
+
+
+@app.command()
+def run(
+    space: str = typer.Option("autopeft", "--space", help="Search-space YAML file or preset name (autopeft, mola, full)."),
+    task: Optional[str] = typer.Option(None, "--task", help="rotten_tomatoes (default), bbc_news, a CSV/JSONL file or hf:<dataset>."),
+    model: Optional[str] = typer.Option(None, "--model", help="minilm (packaged, default), a hub id or a local path."),
+    trials: int = typer.Option(12, "--trials", min=1, help="Total COMPLETE trials the study should hold."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Worker processes on this machine."),
+    sampler: str = typer.Option("botorch", "--sampler", help="botorch (qLogNEHVI), random, tpe or nsga2."),
+    storage: Optional[str] = StorageOpt,
+    study: Optional[str] = typer.Option(None, "--study", help="Study name [default: <space>-<task>-<model>]."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per trial [120]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per step [16]."),
+    train_examples: Optional[int] = typer.Option(None, "--train-examples", help="Training examples drawn [2000]."),
+    eval_examples: Optional[int] = typer.Option(None, "--eval-examples", help="Validation/test examples scored [600]."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Max tokens per example [64]."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Peak learning rate [1e-3]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for data, init and sampler [0]."),
+    startup_trials: int = typer.Option(8, "--startup-trials", min=1, help="Quasi-random trials before the GP proposes."),
+    device: str = typer.Option("cpu", "--device", help="Torch device for training, e.g. cpu or cuda:0."),
+) -> None:
+    """Run (or resume) a search and print its Pareto front. With no options: the quickstart."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from autopeft.study.runner import prepare_study, run_study
+    from autopeft.study.storage import redact
+
+    try:
+        fid = _fidelity(task=task, model=model, steps=steps, batch_size=batch_size, train_examples=train_examples,
+                        eval_examples=eval_examples, max_length=max_length, learning_rate=learning_rate, seed=seed)
+        st, created = prepare_study(space, fid, storage=storage, study_name=study, sampler=sampler)
+    except AutopeftError as exc:
+        _fail(exc)
+    verb = "created" if created else "resuming"
+    console.print(f"study [bold]{st.name}[/] ({verb}) in {redact(st.storage.url)}", highlight=False)
+    console.print(f"space {st.space.spec.name}: {len(st.space.choices)} parameters, "
+                  f"{st.space.cardinality():.3g} configurations · {fid.describe()}", highlight=False)
+    with Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[extra]}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("trials", total=trials, extra="")
+
+        def on_progress(complete: int, failed: int, running: int) -> None:
+            progress.update(bar, completed=min(complete, trials), extra=f"{running} running, {failed} failed")
+
+        try:
+            run_study(st, n_trials=trials, workers=workers, sampler=sampler, device=device,
+                      n_startup_trials=startup_trials, on_progress=on_progress)
+        except KeyboardInterrupt:
+            err_console.print("interrupted: running trials were handed back; run the same command to resume")
+            raise typer.Exit(130)
+    print_pareto(st)
+
+
+@app.command()
+def worker(
+    study: str = typer.Option(..., "--study", help="Study to work on."),
+    storage: Optional[str] = StorageOpt,
+    trials: Optional[int] = typer.Option(None, "--trials", help="Stop when the study holds this many COMPLETE trials."),
+    max_trials: Optional[int] = typer.Option(None, "--max-trials", help="Stop after this worker ran this many trials."),
+    sampler: str = typer.Option("botorch", "--sampler", help="Sampler used when no proposed trial is waiting."),
+    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda:1."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch CPU threads."),
+) -> None:
+    """Claim and train trials of an existing study (one at a time)."""
+    from autopeft.study.runner import WorkerSpec, worker_main
+    from autopeft.study.storage import storage_url
+
+    try:
+        n = worker_main(WorkerSpec(storage_url(storage), study, sampler=sampler, n_trials=trials,
+                                   max_trials=max_trials, device=device, threads=threads))
+    except AutopeftError as exc:
+        _fail(exc)
+    console.print(f"worker finished {n} trial(s)")
+
+
+@app.command()
+def propose(
+    study: str = typer.Option(..., "--study", help="Study to propose for."),
+    storage: Optional[str] = StorageOpt,
+    n: int = typer.Option(1, "--n", min=1, help="Number of proposals to queue."),
+    sampler: str = typer.Option("botorch", "--sampler", help="botorch (qLogNEHVI), random, tpe or nsga2."),
+    startup_trials: int = typer.Option(8, "--startup-trials", min=1, help="Quasi-random trials before the GP proposes."),
+) -> None:
+    """Queue N proposed trials (WAITING) for workers to claim."""
+    from autopeft.optimize.samplers import make_sampler
+    from autopeft.study.storage import open_storage
+    from autopeft.study.study import load
+    from autopeft.study.worker import propose as do_propose
+
+    try:
+        st = load(open_storage(storage), study)
+        st = load(open_storage(storage), study, sampler=make_sampler(sampler, seed=st.fidelity.seed, n_startup_trials=startup_trials))
+        numbers = do_propose(st, n)
+    except AutopeftError as exc:
+        _fail(exc)
+    for num in numbers:
+        trial = next(t for t in st.trials() if t.number == num)
+        console.print(f"queued trial {num}: {st.space.decode({k: int(v) for k, v in trial.params.items()}).summary()}", highlight=False)
+
+
+@study_app.command("list")
+def study_list(storage: Optional[str] = StorageOpt) -> None:
+    """Studies in the storage with trial counts."""
+    import optuna
+
+    from autopeft.study.storage import open_storage
+
+    store = open_storage(storage)
+    table = Table(title="studies", title_justify="left")
+    for col in ("study", "complete", "failed", "running", "waiting", "created"):
+        table.add_column(col)
+    for s in optuna.get_all_study_summaries(store, include_best_trial=False):
+        trials = store.get_all_trials(s._study_id, deepcopy=False)
+        count = lambda name: str(sum(t.state.name == name for t in trials))  # noqa: E731
+        created = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
+        table.add_row(s.study_name, count("COMPLETE"), count("FAIL"), count("RUNNING"), count("WAITING"), created)
+    console.print(table)
+
+
+@study_app.command("show")
+def study_show(
+    name: str = typer.Argument(..., help="Study name."),
+    storage: Optional[str] = StorageOpt,
+    all_trials: bool = typer.Option(False, "--all", help="List every trial, failures with their reasons."),
+) -> None:
+    """The study's Pareto table (trial, score, trainable %, step time, plan)."""
+    from autopeft.analysis import trial_row
+    from autopeft.study.storage import open_storage
+    from autopeft.study.study import load
+
+    try:
+        st = load(open_storage(storage), name)
+    except AutopeftError as exc:
+        _fail(exc)
+    print_pareto(st)
+    if all_trials:
+        table = Table(title="all trials", title_justify="left")
+        for col in ("trial", "state", "score", "trainable %", "plan / reason"):
+            table.add_column(col)
+        for t in st.trials():
+            r = trial_row(t)
+            table.add_row(str(r.number), r.state, _fmt(r.score, ".4f"), _fmt(r.trainable_pct, ".4f"),
+                          r.fail_reason if r.state == "FAIL" else r.summary)
+        console.print(table)
+
+
+@app.command()
+def export(
+    name: str = typer.Argument(..., help="Study name."),
+    output: Path = typer.Option(..., "-o", "--output", help="YAML file to write."),
+    trial: Optional[int] = typer.Option(None, "--trial", help="Trial number to export."),
+    max_params: Optional[str] = typer.Option(None, "--max-params", help="Best score within this trainable budget, e.g. 1%."),
+    storage: Optional[str] = StorageOpt,
+) -> None:
+    """Write a trial's plan (with its study, fidelity and metrics) as YAML."""
+    from autopeft.analysis import parse_budget, select_trial
+    from autopeft.export import plan_document, write_plan
+    from autopeft.study.storage import open_storage
+    from autopeft.study.study import load
+
+    try:
+        if trial is not None and max_params is not None:
+            raise AutopeftError("--trial / --max-params: give one of them, not both")
+        budget = parse_budget(max_params) if max_params is not None else None
+        st = load(open_storage(storage), name)
+        chosen = select_trial(st, trial=trial, max_params_pct=budget)
+        path = write_plan(plan_document(st, chosen), output)
+    except AutopeftError as exc:
+        _fail(exc)
+    m = chosen.user_attrs.get("metrics", {})
+    console.print(f"wrote {path}: trial {chosen.number}, score {m.get('score', float('nan')):.4f}, "
+                  f"{m.get('trainable_pct', float('nan')):.4f}% trainable · {chosen.user_attrs.get('plan_summary', '')}",
+                  highlight=False)
+
+
+@app.command()
+def apply(
+    plan_file: Path = typer.Argument(..., help="Plan YAML written by `autopeft export`."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model [the plan's fidelity model]."),
+    train: bool = typer.Option(False, "--train", help="Retrain the plan at its recorded fidelity and print the metrics."),
+) -> None:
+    """Load an exported plan onto its base model (and optionally retrain it)."""
+    from autopeft.export import read_plan
+    from autopeft.peft import apply_plan, count_parameters
+    from autopeft.proxy.fidelity import Fidelity
+    from autopeft.proxy.models import load_classifier
+
+    try:
+        plan, doc = read_plan(plan_file)
+        fid = Fidelity.build({**(doc.get("fidelity") or {}), **({"model": model} if model else {})})
+        if train:
+            from autopeft.proxy.train import ProxyTrainer
+
+            metrics = ProxyTrainer(fid).run(plan)
+            console.print(metrics.to_dict())
+            return
+        from autopeft.proxy.tasks import load_task
+
+        net, _ = load_classifier(fid.model, len(load_task(fid.task, seed=fid.seed).label_names))
+        apply_plan(net, plan, seed=fid.seed)
+    except AutopeftError as exc:
+        _fail(exc)
+    trainable, total = count_parameters(net)
+    console.print(f"applied {plan.summary()} to {fid.model}: {trainable:,} trainable of {total:,} parameters", highlight=False)
+
+
+@space_app.command("validate")
+def space_validate(
+    path: str = typer.Argument(..., help="Search-space YAML file or preset name."),
+    model: str = typer.Option("minilm", "--model", help="Model whose shape the space is bound to."),
+) -> None:
+    """Check a space file; print its size, or every error with its YAML path."""
+    from autopeft.errors import SpaceError
+    from autopeft.proxy.models import load_config, model_dims
+    from autopeft.space import SearchSpace, load_space
+
+    try:
+        spec = load_space(path)
+        dims = model_dims(load_config(model))
+        space = SearchSpace(spec, dims, source=path)
+    except SpaceError as exc:
+        err_console.print(f"[bold red]invalid:[/] {exc.source}", highlight=False)
+        for where, msg in exc.errors:
+            err_console.print(f"  {where}: {msg}", highlight=False, markup=False)
+        raise typer.Exit(2)
+    except AutopeftError as exc:
+        _fail(exc)
+    console.print(f"{path}: valid · space {spec.name!r} on {model} ({dims.num_layers} layers, hidden {dims.hidden_size})", highlight=False)
+    console.print(f"{len(space.choices)} parameters, {space.cardinality():,} configurations; objectives: {', '.join(space.objectives)}"
+                  + (f"; budget <= {spec.budget.max_trainable_pct}% trainable" if spec.budget else ""), highlight=False)
+
+
+@space_app.command("list")
+def space_list() -> None:
+    """Packaged presets."""
+    from autopeft.space import load_space, presets
+
+    for name, path in presets().items():
+        console.print(f"{name:10s} {load_space(path).description}", highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

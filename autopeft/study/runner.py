@@ -1,0 +1,143 @@
+"""Run a study: validate the request, open (or resume) the study, and drive worker processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from optuna.trial import TrialState
+
+from autopeft.proxy.fidelity import Fidelity
+from autopeft.study.storage import open_storage, storage_url
+from autopeft.study.study import AutopeftStudy, create_or_load, default_study_name, load
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process needs to join a study (plain data, so it crosses process boundaries)."""
+
+    storage: str
+    study: str
+    sampler: str = "botorch"
+    seed: int = 0
+    n_trials: int | None = None
+    max_trials: int | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    n_startup_trials: int = 8
+
+
+def prepare_study(
+    space: str,
+    fidelity: Fidelity,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    sampler: str = "botorch",
+) -> tuple[AutopeftStudy, bool]:
+    """Validate everything (space, model, task, sampler), then create or resume the study.
+
+    Nothing is written to the database until every input has been checked.
+    """
+    from autopeft.optimize.samplers import make_sampler
+    from autopeft.proxy.models import load_config, model_dims
+    from autopeft.proxy.tasks import load_task
+    from autopeft.space import load_space
+
+    spec = load_space(space)
+    dims = model_dims(load_config(fidelity.model))
+    load_task(fidelity.task, seed=fidelity.seed)
+    make_sampler(sampler, seed=fidelity.seed)
+    name = study_name or default_study_name(spec, fidelity)
+    return create_or_load(open_storage(storage), name, spec, dims, fidelity)
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM -> the same clean hand-back as Ctrl-C
+    raise KeyboardInterrupt
+
+
+def worker_main(spec: WorkerSpec, evaluator_factory: Callable | None = None) -> int:
+    """Entry point of one worker process; returns the number of trials it finished."""
+    import torch
+
+    from autopeft.optimize.samplers import make_sampler
+    from autopeft.proxy.train import ProxyTrainer
+    from autopeft.study.worker import run_worker
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    sampler = make_sampler(spec.sampler, seed=spec.seed, n_startup_trials=spec.n_startup_trials)
+    study = load(open_storage(spec.storage), spec.study, sampler=sampler)
+    evaluator = evaluator_factory(study) if evaluator_factory else ProxyTrainer(study.fidelity, spec.device)
+    try:
+        stats = run_worker(study, evaluator, n_trials=spec.n_trials, max_trials=spec.max_trials)
+    except KeyboardInterrupt:
+        return 0
+    return stats.completed + stats.failed
+
+
+def _process_entry(spec: WorkerSpec) -> None:
+    worker_main(spec)
+
+
+def run_study(
+    study: AutopeftStudy,
+    *,
+    n_trials: int,
+    workers: int = 1,
+    sampler: str = "botorch",
+    device: str = "cpu",
+    n_startup_trials: int = 8,
+    on_progress: Callable[[int, int, int], None] | None = None,
+    poll_seconds: float = 1.0,
+) -> None:
+    """Run worker processes until the study holds ``n_trials`` COMPLETE trials (resuming counts old ones).
+
+    ``on_progress(complete, failed, running)`` is called whenever the counts change.
+    """
+    url = study.storage.url if hasattr(study.storage, "url") else storage_url(None)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    spec = WorkerSpec(
+        storage=url,
+        study=study.name,
+        sampler=sampler,
+        seed=study.fidelity.seed,
+        n_trials=n_trials,
+        device=device,
+        threads=threads,
+        n_startup_trials=n_startup_trials,
+    )
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_process_entry, args=(spec,), daemon=False) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    last = None
+    try:
+        while True:
+            counts = (
+                study.count(TrialState.COMPLETE),
+                study.count(TrialState.FAIL),
+                study.count(TrialState.RUNNING),
+            )
+            if counts != last and on_progress is not None:
+                on_progress(*counts)
+                last = counts
+            if not any(p.is_alive() for p in procs):
+                break
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.join()
+        raise
+    for p in procs:
+        p.join()
+    if on_progress is not None:
+        on_progress(study.count(TrialState.COMPLETE), study.count(TrialState.FAIL), study.count(TrialState.RUNNING))

@@ -1,0 +1,136 @@
+"""An autopeft study: an Optuna study plus the space, fidelity and objectives it was made with.
+
+The study's user attribute ``autopeft`` records everything needed to decode and compare its trials
+(space YAML, model shape, fidelity, objectives). Re-opening a study with a different fidelity or
+space is refused: results from different fidelities are never mixed silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import yaml
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from autopeft.errors import StudyError
+from autopeft.plan import PeftPlan
+from autopeft.proxy.fidelity import Fidelity
+from autopeft.space import ModelDims, SearchSpace, SpaceSpec, parse_space
+
+CONFIG_ATTR = "autopeft"
+CONFIG_VERSION = 1
+
+
+@dataclass
+class AutopeftStudy:
+    study: optuna.Study
+    space: SearchSpace
+    fidelity: Fidelity
+    space_yaml: str
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    @property
+    def storage(self) -> RDBStorage:
+        return self.study._storage  # the RDBStorage this study was opened on
+
+    @property
+    def objectives(self) -> list[str]:
+        return self.space.objectives
+
+    @property
+    def budget_pct(self) -> float | None:
+        return self.space.spec.budget.max_trainable_pct if self.space.spec.budget else None
+
+    def trials(self, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=states)
+
+    def count(self, *states: TrialState) -> int:
+        return len(self.trials(states=states))
+
+    def plan_of(self, trial: FrozenTrial) -> PeftPlan:
+        if "plan" in trial.user_attrs:
+            return PeftPlan.from_dict(trial.user_attrs["plan"])
+        return self.space.decode({k: int(v) for k, v in trial.params.items()})
+
+
+def _config(spec_yaml: str, dims: ModelDims, fidelity: Fidelity) -> dict[str, Any]:
+    return {
+        "version": CONFIG_VERSION,
+        "space_yaml": spec_yaml,
+        "dims": {"num_layers": dims.num_layers, "hidden_size": dims.hidden_size, "sites": list(dims.sites)},
+        "fidelity": fidelity.model_dump(),
+    }
+
+
+def canonical_yaml(spec: SpaceSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+
+
+def default_study_name(spec: SpaceSpec, fidelity: Fidelity) -> str:
+    model = fidelity.model.rstrip("/").split("/")[-1]
+    task = fidelity.task.rstrip("/").split("/")[-1].split(".")[0].replace("hf:", "")
+    return f"{spec.name}-{task}-{model}"
+
+
+def create_or_load(
+    storage: RDBStorage,
+    name: str,
+    spec: SpaceSpec,
+    dims: ModelDims,
+    fidelity: Fidelity,
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> tuple[AutopeftStudy, bool]:
+    """Open study ``name``, creating it if absent. Returns (study, created).
+
+    Everything is validated before anything is written, so bad input never leaves a half-made study.
+    """
+    space = SearchSpace(spec, dims, source=spec.name)  # raises SpaceError before any write
+    text = canonical_yaml(spec)
+    config = _config(text, dims, fidelity)
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if name in existing:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        stored = study.user_attrs.get(CONFIG_ATTR)
+        if stored is None:
+            raise StudyError(f"--study: {name!r} exists but was not made by autopeft; choose another name")
+        diffs = [
+            f"{key}: stored {stored['fidelity'].get(key)!r}, asked {value!r}"
+            for key, value in config["fidelity"].items()
+            if stored["fidelity"].get(key) != value
+        ]
+        if stored["space_yaml"] != text:
+            diffs.append("space: the search space differs from the one the study was made with")
+        if stored["dims"] != config["dims"]:
+            diffs.append(f"model shape: stored {stored['dims']}, asked {config['dims']}")
+        if diffs:
+            raise StudyError(
+                f"--study: {name!r} was made with other settings, and fidelities are never mixed:\n  "
+                + "\n  ".join(diffs)
+                + "\nfix: rerun with the study's settings, or pass a new --study name"
+            )
+        return AutopeftStudy(study, space, fidelity, text), False
+    study = optuna.create_study(study_name=name, storage=storage, directions=space.directions, sampler=sampler)
+    study.set_user_attr(CONFIG_ATTR, config)
+    study.set_metric_names(space.objectives)
+    return AutopeftStudy(study, space, fidelity, text), True
+
+
+def load(storage: RDBStorage, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> AutopeftStudy:
+    """Open an existing autopeft study by name."""
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+    if name not in names:
+        raise StudyError(f"study: no study named {name!r}; studies here: {', '.join(names) or 'none'}")
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    config = study.user_attrs.get(CONFIG_ATTR)
+    if config is None:
+        raise StudyError(f"study: {name!r} was not made by autopeft")
+    spec = parse_space(config["space_yaml"], source=f"study {name}")
+    d = config["dims"]
+    dims = ModelDims(d["num_layers"], d["hidden_size"], tuple(d["sites"]))
+    return AutopeftStudy(study, SearchSpace(spec, dims, source=spec.name), Fidelity(**config["fidelity"]), config["space_yaml"])

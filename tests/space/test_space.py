@@ -1,0 +1,110 @@
+import random
+
+import pytest
+
+from autopeft.errors import SpaceError
+from autopeft.plan import ModuleSpec, PeftPlan
+from autopeft.space import ModelDims, SearchSpace, load_space, parse_space, presets, resolve_sizes
+
+DIMS = ModelDims(num_layers=6, hidden_size=384)
+LLAMA_DIMS = ModelDims(num_layers=4, hidden_size=64, sites=("q", "k", "v", "o", "gate", "up", "down"))
+
+
+def test_presets_are_packaged():
+    assert {"autopeft", "mola", "full"} <= set(presets())
+
+
+@pytest.mark.parametrize("name", ["autopeft", "mola", "full"])
+@pytest.mark.parametrize("dims", [DIMS, LLAMA_DIMS])
+def test_round_trip_on_random_plans(name, dims):
+    space = SearchSpace(load_space(name), dims)
+    rng = random.Random(1234)
+    seen = set()
+    for _ in range(300):
+        params = space.sample(rng)
+        plan = space.decode(params)
+        canonical = space.encode(plan)
+        assert space.decode(canonical) == plan  # decode is the exact inverse of encode
+        assert space.encode(space.decode(canonical)) == canonical  # canonical form is a fixed point
+        assert PeftPlan.from_dict(plan.to_dict()) == plan
+        seen.add(plan.summary())
+    assert len(seen) > 50  # the sampler explores a real space, not a handful of plans
+
+
+def test_log2_hidden_grid_matches_the_autopeft_paper():
+    assert resolve_sizes("log2_hidden", 768) == [0, 1, 3, 6, 12, 24, 48, 96, 192, 384, 768]
+    assert resolve_sizes("log2_hidden", 384) == [0, 1, 3, 6, 12, 24, 48, 96, 192, 384]
+
+
+def test_autopeft_space_parameters():
+    space = SearchSpace(load_space("autopeft"), DIMS)
+    assert sorted(space.choices) == sorted(
+        [f"layer.{i}" for i in range(6)] + ["serial_adapter.size", "parallel_adapter.size", "prefix.size"]
+    )
+    assert space.cardinality() == 2**6 * 10 * 10 * 7
+
+
+def test_decode_specific_params():
+    space = SearchSpace(load_space("autopeft"), DIMS)
+    sizes = space.choices["serial_adapter.size"]
+    params = {f"layer.{i}": int(i >= 3) for i in range(6)}
+    params |= {"serial_adapter.size": sizes.index(48), "parallel_adapter.size": 0, "prefix.size": space.choices["prefix.size"].index(8)}
+    plan = space.decode(params)
+    assert [bool(layer) for layer in plan.layers] == [False, False, False, True, True, True]
+    assert set(plan.layers[4]) == {ModuleSpec("serial_adapter", "ffn", 48), ModuleSpec("prefix", "attn", 8)}
+
+
+def test_mola_expert_counts_per_layer_and_top_k_clipped():
+    space = SearchSpace(load_space("mola"), DIMS)
+    counts = space.choices["lora_experts.layer.0.experts"]
+    params = {f"lora_experts.layer.{i}.experts": counts.index(c) for i, c in enumerate([0, 2, 2, 4, 8, 8])}
+    params |= {"lora_experts.size": space.choices["lora_experts.size"].index(4), "lora_experts.top_k": space.choices["lora_experts.top_k"].index(2)}
+    plan = space.decode(params)
+    assert plan.layers[0] == ()
+    assert {m.num_experts for m in plan.layers[5]} == {8}
+    assert all(m.top_k == 2 and m.size == 4 for _, m in plan.modules())
+    assert space.encode(plan) == params
+
+
+def test_plan_outside_space_is_refused():
+    space = SearchSpace(load_space("autopeft"), DIMS)
+    plan = PeftPlan.from_modules(6, {0: [ModuleSpec("lora", "q", 8)]})
+    with pytest.raises(SpaceError, match="lora"):
+        space.encode(plan)
+
+
+BAD_CASES = [
+    ("name: x\nmodules: {lora: {sizes: [0, 8], sites: [attn]}}", "modules.lora.sites", "allowed sites"),
+    ("name: x\nmodules: {lora: {sizes: [0, 8], rank: 4}}", "modules.lora.rank", "unknown key"),
+    ("name: x\nmodules: {}", "modules", "at least one module"),
+    ("name: x\nmodules: {prefix: {sizes: [-1, 4]}}", "modules.prefix.sizes", ">= 0"),
+    ("name: x\nmodules: {prefix: {sizes: [4]}}\nobjectives: [trainable_pct]", "objectives", "score"),
+    ("name: x\nmodules: {prefix: {sizes: [4]}}\nobjectives: [score, speed]", "objectives", "speed"),
+    ("name: x\nplacement: everywhere\nmodules: {prefix: {sizes: [4]}}", "placement", "everywhere"),
+    ("name: x\nmodules: {lora_experts: {sizes: [4], experts: [0, 2], top_k: [0]}}", "modules.lora_experts", "top_k"),
+    ("name: x\nmodules: {prefix: {sizes: [4]}}\nbudget: {max_trainable_pct: 0}", "budget.max_trainable_pct", "greater than 0"),
+    ("name: x\nmodules: [1, 2", "<yaml>", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("text,path,fragment", BAD_CASES)
+def test_bad_yaml_names_the_path(text, path, fragment):
+    with pytest.raises(SpaceError) as info:
+        parse_space(text, source="bad.yaml")
+    paths = [p for p, _ in info.value.errors]
+    assert path in paths, paths
+    assert fragment in str(info.value)
+
+
+def test_every_error_is_reported_at_once():
+    text = "name: x\nmodules: {lora: {sizes: [0, 8], sites: [attn], rank: 3}}\nobjectives: [score, speed]"
+    with pytest.raises(SpaceError) as info:
+        parse_space(text)
+    assert {"modules.lora.sites", "modules.lora.rank", "objectives"} <= {p for p, _ in info.value.errors}
+
+
+def test_site_missing_from_model_is_an_error():
+    spec = parse_space("name: x\nmodules: {lora: {sizes: [0, 8], sites: [q, gate]}}")
+    with pytest.raises(SpaceError, match="gate"):
+        SearchSpace(spec, DIMS)  # BERT has no gate projection
+    SearchSpace(spec, LLAMA_DIMS)

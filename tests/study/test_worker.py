@@ -1,0 +1,126 @@
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autopeft.errors import StudyError
+from autopeft.plan import PeftPlan
+from autopeft.proxy.fidelity import Fidelity
+from autopeft.space import ModelDims, load_space, parse_space
+from autopeft.study.storage import open_storage
+from autopeft.study.study import create_or_load, load
+from autopeft.study.worker import FAIL_REASON, WorkerGaveUp, propose, run_worker
+
+from fakes import ArithmeticEvaluator
+
+DIMS = ModelDims(num_layers=6, hidden_size=384)
+FID = Fidelity(steps=5, train_examples=64, eval_examples=32)
+
+
+def make(storage_url, name, sampler=None, space="autopeft", **storage_kw):
+    storage = open_storage(storage_url, **storage_kw)
+    st, _ = create_or_load(storage, name, load_space(space), DIMS, FID, sampler=sampler)
+    return st
+
+
+def test_worker_completes_trials_and_records_plans(storage_url, study_name):
+    st = make(storage_url, study_name, optuna.samplers.RandomSampler(seed=0))
+    ev = ArithmeticEvaluator()
+    stats = run_worker(st, ev, n_trials=5)
+    assert stats.completed == 5 and st.count(TrialState.COMPLETE) == 5
+    for t in st.trials():
+        plan = PeftPlan.from_dict(t.user_attrs["plan"])
+        assert plan == st.space.decode(t.params)
+        assert t.user_attrs["fidelity"] == FID.model_dump()
+        assert t.values == [t.user_attrs["metrics"]["score"], t.user_attrs["metrics"]["trainable_pct"]]
+    assert ev.plans == [st.plan_of(t) for t in st.trials()]
+
+
+def test_failures_keep_reason_and_worker_goes_on(storage_url, study_name):
+    st = make(storage_url, study_name, optuna.samplers.RandomSampler(seed=1))
+    calls = {"n": 0}
+
+    def every_other(plan):
+        calls["n"] += 1
+        return calls["n"] % 2 == 0
+
+    stats = run_worker(st, ArithmeticEvaluator(fail_when=every_other), n_trials=3)
+    assert st.count(TrialState.COMPLETE) == 3
+    failed = st.trials((TrialState.FAIL,))
+    assert stats.failed == len(failed) >= 2
+    assert all("synthetic failure" in t.user_attrs[FAIL_REASON] for t in failed)
+
+
+def test_worker_gives_up_when_every_trial_fails(tmp_path, study_name):
+    st = make(f"sqlite:///{tmp_path / 's.db'}", study_name, optuna.samplers.RandomSampler(seed=2))
+    with pytest.raises(WorkerGaveUp, match="synthetic failure"):
+        run_worker(st, ArithmeticEvaluator(fail_when=lambda p: True), n_trials=10, max_consecutive_failures=3)
+    assert st.count(TrialState.FAIL) == 3
+
+
+def test_proposed_trials_are_claimed_in_order(storage_url, study_name):
+    st = make(storage_url, study_name, optuna.samplers.RandomSampler(seed=3))
+    numbers = propose(st, 3)
+    waiting = st.trials((TrialState.WAITING,))
+    assert [t.number for t in waiting] == numbers
+    proposed_params = {t.number: t.params for t in waiting}
+    run_worker(st, ArithmeticEvaluator(), max_trials=3)
+    done = {t.number: t for t in st.trials((TrialState.COMPLETE,))}
+    assert sorted(done) == numbers
+    assert all(done[n].params == proposed_params[n] for n in numbers)
+
+
+def test_dead_worker_trial_is_failed_and_retried(storage_url, study_name):
+    st = make(storage_url, study_name, optuna.samplers.RandomSampler(seed=4), heartbeat_interval=1, grace_period=1)
+    # A worker claims a trial, beats once, then dies without reporting.
+    orphan = st.study.ask(st.space.distributions())
+    st.storage.record_heartbeat(orphan._trial_id)
+    time.sleep(2.5)
+    run_worker(st, ArithmeticEvaluator(), n_trials=2)
+    trials = {t.number: t for t in st.trials()}
+    assert trials[orphan.number].state == TrialState.FAIL
+    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == orphan.params
+    assert st.count(TrialState.COMPLETE) == 2
+
+
+def test_resume_with_other_fidelity_is_refused_and_changes_nothing(storage_url, study_name):
+    st = make(storage_url, study_name, optuna.samplers.RandomSampler(seed=5))
+    run_worker(st, ArithmeticEvaluator(), n_trials=2)
+    before = [(t.number, t.state, t.values) for t in st.trials()]
+    storage = open_storage(storage_url)
+    with pytest.raises(StudyError, match="steps: stored 5, asked 50"):
+        create_or_load(storage, study_name, load_space("autopeft"), DIMS, Fidelity(steps=50, train_examples=64, eval_examples=32))
+    with pytest.raises(StudyError, match="space"):
+        create_or_load(storage, study_name, load_space("mola"), DIMS, FID)
+    again = load(storage, study_name)
+    assert [(t.number, t.state, t.values) for t in again.trials()] == before
+
+
+def test_budget_is_a_constraint(tmp_path, study_name):
+    spec = parse_space("name: b\nmodules: {prefix: {sizes: [0, 1, 8, 32]}}\nbudget: {max_trainable_pct: 0.5}")
+    st, _ = create_or_load(open_storage(f"sqlite:///{tmp_path / 'b.db'}"), study_name, spec, DIMS, FID,
+                           sampler=optuna.samplers.RandomSampler(seed=6))
+    run_worker(st, ArithmeticEvaluator(), n_trials=8)
+    from autopeft.optimize.pareto import is_feasible
+
+    for t in st.trials((TrialState.COMPLETE,)):
+        assert is_feasible(t) == (t.user_attrs["metrics"]["trainable_pct"] <= 0.5)
+
+
+def test_botorch_sampler_proposes_after_startup(tmp_path, study_name):
+    from autopeft.optimize.samplers import make_sampler
+
+    st = make(f"sqlite:///{tmp_path / 'g.db'}", study_name, make_sampler("botorch", seed=0, n_startup_trials=3))
+    run_worker(st, ArithmeticEvaluator(), n_trials=5)
+    trials = st.trials((TrialState.COMPLETE,))
+    assert len(trials) == 5
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 5  # no repeated proposal
+
+
+def test_unknown_study_lists_existing(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(StudyError, match="no study named 'nope'"):
+        load(storage, "nope")
