@@ -12,7 +12,7 @@ from typing import Callable
 from optuna.trial import TrialState
 
 from autopeft.proxy.fidelity import Fidelity
-from autopeft.study.storage import open_storage, storage_url
+from autopeft.study.storage import open_storage
 from autopeft.study.study import AutopeftStudy, create_or_load, default_study_name, load
 
 
@@ -100,7 +100,7 @@ def run_study(
 
     ``on_progress(complete, failed, running)`` is called whenever the counts change.
     """
-    url = study.storage.url if hasattr(study.storage, "url") else storage_url(None)
+    url = study.storage.url
     threads = max(1, (os.cpu_count() or 1) // workers)
     spec = WorkerSpec(
         storage=url,

@@ -6,7 +6,7 @@ import os
 import re
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 #: Default storage: a SQLite file in the working directory.
 DEFAULT_STORAGE = "sqlite:///autopeft.db"
@@ -51,5 +51,5 @@ def open_storage(
         engine_kwargs=engine_kwargs,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=max_retry, inherit_intermediate_values=False),
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
     )

@@ -30,14 +30,11 @@ class AutopeftStudy:
     space: SearchSpace
     fidelity: Fidelity
     space_yaml: str
+    storage: RDBStorage  # the storage the study was opened on (URL, heartbeats, raw trial access)
 
     @property
     def name(self) -> str:
         return self.study.study_name
-
-    @property
-    def storage(self) -> RDBStorage:
-        return self.study._storage  # the RDBStorage this study was opened on
 
     @property
     def objectives(self) -> list[str]:
@@ -114,11 +111,11 @@ def create_or_load(
                 + "\n  ".join(diffs)
                 + "\nfix: rerun with the study's settings, or pass a new --study name"
             )
-        return AutopeftStudy(study, space, fidelity, text), False
+        return AutopeftStudy(study, space, fidelity, text, storage), False
     study = optuna.create_study(study_name=name, storage=storage, directions=space.directions, sampler=sampler)
     study.set_user_attr(CONFIG_ATTR, config)
     study.set_metric_names(space.objectives)
-    return AutopeftStudy(study, space, fidelity, text), True
+    return AutopeftStudy(study, space, fidelity, text, storage), True
 
 
 def load(storage: RDBStorage, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> AutopeftStudy:
@@ -133,4 +130,4 @@ def load(storage: RDBStorage, name: str, sampler: optuna.samplers.BaseSampler | 
     spec = parse_space(config["space_yaml"], source=f"study {name}")
     d = config["dims"]
     dims = ModelDims(d["num_layers"], d["hidden_size"], tuple(d["sites"]))
-    return AutopeftStudy(study, SearchSpace(spec, dims, source=spec.name), Fidelity(**config["fidelity"]), config["space_yaml"])
+    return AutopeftStudy(study, SearchSpace(spec, dims, source=spec.name), Fidelity(**config["fidelity"]), config["space_yaml"], storage)

@@ -89,6 +89,14 @@ def single_thread():
         torch.set_num_threads(previous)
 
 
+def requeue(study: AutopeftStudy, trial_id: int) -> None:
+    """Queue a WAITING copy of a failed trial through the storage's retry callback (same links and cap
+    as trials of dead workers)."""
+    callback = study.storage.heartbeat_stale_trial_callback
+    if callback is not None:
+        callback(study.study, study.storage.get_trial(trial_id))
+
+
 def target_reached(study: AutopeftStudy, n_trials: int | None) -> bool:
     """True when COMPLETE plus RUNNING trials reach ``n_trials`` (None: never)."""
     return n_trials is not None and study.count(TrialState.COMPLETE, TrialState.RUNNING) >= n_trials
@@ -119,7 +127,7 @@ def run_one(study: AutopeftStudy, evaluator: Evaluator) -> FrozenTrial:
         # Hand the trial back: fail this attempt and queue the same parameters again.
         trial.set_user_attr(FAIL_REASON, "interrupted; re-queued")
         study.study.tell(trial, state=TrialState.FAIL)
-        study.study.enqueue_trial(params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        requeue(study, trial._trial_id)
         raise
     except Exception as exc:  # any training error fails this trial only; the worker goes on
         reason = f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,3 @@
+from autopeft.cli import app
+
+app(prog_name="autopeft")

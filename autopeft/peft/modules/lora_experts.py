@@ -1,0 +1,76 @@
+"""A mixture of LoRA experts with a token-level top-k router (MoLA-style).
+
+    g = renorm(topk(softmax(R x)))                       router R: in -> E, no bias
+    y = W x + b + (alpha / r) * sum_{e in topk(x)} g_e B_e A_e x
+
+Gao et al. 2024, "Higher Layers Need More LoRA Experts" (MoLA), https://arxiv.org/abs/2402.08562; the router
+follows Shazeer et al. 2017 / Fedus et al. 2022. All experts run as two batched matmuls (no loop over experts):
+the non-selected ones get gate 0. Each forward stores the Switch Transformer load-balancing loss
+(Fedus et al. 2022, https://arxiv.org/abs/2101.03961, eq. 4) in ``self.aux_loss``:
+
+    aux = E * sum_e f_e * P_e,   f_e = share of the N*k (token, slot) routes that go to e,  P_e = mean_t p_e(t)
+
+It is 1 for a perfectly balanced router and E for one that sends every token to one expert (top-1). Padding
+tokens are counted like any other token. With ``top_k = 1`` the renormalised gate is always 1, so the router
+learns from this loss alone (Switch instead gates with the raw probability).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import skip_init
+
+from autopeft.peft.modules._init import linear_init_
+
+
+class LoRAExperts(nn.Module):
+    """Returns the experts' branch ``scaling * sum_e g_e B_e A_e x``; :class:`AdaptedLinear` adds ``W x + b``."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, num_experts: int, top_k: int,
+                 scaling: float, generator: torch.Generator | None = None):
+        super().__init__()
+        self.rank, self.num_experts, self.top_k, self.scaling = rank, num_experts, top_k, scaling
+        self.router = skip_init(nn.Linear, in_features, num_experts, bias=False)  # weight (E, in)
+        self.lora_A = nn.Parameter(torch.empty(num_experts, rank, in_features))  # (E, r, in)
+        self.lora_B = nn.Parameter(torch.zeros(num_experts, out_features, rank))  # (E, out, r)
+        linear_init_(self.router.weight, None, generator)
+        linear_init_(self.lora_A, None, generator)
+        self.aux_loss: torch.Tensor | None = None
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Route tokens ``x`` (N, in).
+
+        Returns the dense renormalised top-k gates (N, E), zero off the top-k; the router probabilities (N, E);
+        the chosen expert ids (N, k).
+        """
+        probs = F.softmax(self.router(x).float(), dim=-1)  # (N, E), float32 for a stable softmax
+        top_p, top_i = probs.topk(self.top_k, dim=-1)  # (N, k)
+        top_g = top_p / top_p.sum(dim=-1, keepdim=True)  # renormalise over the chosen k
+        gates = torch.zeros_like(probs).scatter(-1, top_i, top_g)  # (N, E), zero off the top-k
+        return gates, probs, top_i
+
+    def load_balancing_loss(self, probs: torch.Tensor, top_i: torch.Tensor) -> torch.Tensor:
+        n, e = probs.shape
+        routed = torch.zeros_like(probs).scatter(-1, top_i, 1.0)  # (N, E), 1 where e is in the token's top-k
+        f = routed.sum(0) / (n * self.top_k)  # (E,), sums to 1; not differentiable (argmax-like)
+        p = probs.mean(0)  # (E,), differentiable: this is what trains the router
+        return e * (f * p).sum()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # (N, in)
+        gates, probs, top_i = self.route(x)
+        self.aux_loss = self.load_balancing_loss(probs, top_i)
+        E, r = self.num_experts, self.rank
+        h = F.linear(x, self.lora_A.reshape(E * r, -1))  # (N, E*r): A_e x for every expert at once
+        h = (h.view(-1, E, r) * gates.to(h.dtype).unsqueeze(-1)).reshape(-1, E * r)  # (N, E*r), g_e A_e x
+        b = self.lora_B.permute(1, 0, 2).reshape(-1, E * r)  # (out, E*r): [B_0 | B_1 | ... ]
+        y = F.linear(h, b) * self.scaling  # (N, out) = sum_e g_e B_e A_e x
+        return y.view(*shape[:-1], -1)
+
+    def extra_repr(self) -> str:
+        _, out, _ = self.lora_B.shape
+        return (f"in={self.router.in_features}, out={out}, r={self.rank}, experts={self.num_experts}, "
+                f"top_k={self.top_k}, scaling={self.scaling:g}")

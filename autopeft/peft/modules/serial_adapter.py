@@ -1,0 +1,21 @@
+"""Serial (bottleneck) adapter on a sub-layer's output.
+
+    h' = h + U(relu(D h)),   h = output of the sub-layer's exit linear (attention ``o`` or FFN ``down``)
+
+Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP", https://arxiv.org/abs/1902.00751
+(Pfeiffer et al. 2020 place one per block). It sits before the residual add and the LayerNorm, as Houlsby's does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from autopeft.peft.modules.bottleneck import Bottleneck
+
+
+class SerialAdapter(Bottleneck):
+    def __init__(self, features: int, size: int, generator: torch.Generator | None = None):
+        super().__init__(features, size, features, generator)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + super().forward(h)  # (..., C)

@@ -1,0 +1,136 @@
+"""The attention function that prepends prefix keys/values, registered with transformers' attention interface.
+
+transformers (>= 4.48) looks the attention function up by ``config._attn_implementation`` in
+``AttentionInterface`` and the mask builder in ``AttentionMaskInterface``. :func:`enable_prefix_attention` switches a
+model from ``sdpa`` to :data:`PREFIX_SDPA` (or ``eager`` to :data:`PREFIX_EAGER`); both run the original
+computation and, on an attention module that carries ``autopeft_prefix`` (a :class:`PrefixKV`), first
+
+* prepend the prefix to key and value: (B, H_kv, L + S, hd), after RoPE and after any cache update, so the
+  prefix is neither rotated nor cached;
+* prepend L always-visible columns to the mask: every query sees every prefix slot, real keys keep their
+  causal and padding mask.
+
+The mask builder is ``sdpa_mask`` with the causal shortcut turned off, so causal models hand over an explicit
+boolean (B, 1, T, S) mask; a ``None`` mask that still means "causal" is materialised here anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from autopeft.errors import UnsupportedModelError
+
+PREFIX_SDPA = "autopeft_prefix"
+PREFIX_EAGER = "autopeft_prefix_eager"
+_WRAPS = {"sdpa": PREFIX_SDPA, "eager": PREFIX_EAGER}
+PREFIX_ATTR = "autopeft_prefix"  # attribute name of the PrefixKV on an attention module
+
+
+def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                    **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax(Q K^T * scale + mask) V, as the models' own eager paths; accepts bool or additive masks."""
+    n_rep = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)  # (B, H, S, hd)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    att = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            att = att.masked_fill(~attention_mask, torch.finfo(att.dtype).min)
+        else:
+            att = att + attention_mask
+    att = F.softmax(att, dim=-1, dtype=torch.float32).to(query.dtype)
+    att = F.dropout(att, p=dropout, training=module.training)
+    out = torch.matmul(att, value).transpose(1, 2).contiguous()  # (B, T, H, hd)
+    return out, att
+
+
+def extend_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, prefix_len: int, causal: bool,
+                device: torch.device) -> torch.Tensor | None:
+    """The mask for keys ``[prefix; real]``: prefix columns visible to all queries, real columns as before.
+
+    ``mask`` is bool (True = attend) or additive float, shaped (B or 1, 1 or H, T, S). ``None`` means no
+    padding: full attention, or causal attention in torch's top-left convention when ``causal`` and T > 1.
+    """
+    if mask is None:
+        if not causal or q_len == 1:
+            return None  # nothing is hidden from anyone, prefix included
+        q_idx = torch.arange(q_len, device=device)[:, None]
+        mask = (q_idx >= torch.arange(kv_len, device=device)[None, :]).view(1, 1, q_len, kv_len)  # (1, 1, T, S)
+    if prefix_len == 0:
+        return mask
+    shape = (*mask.shape[:-1], prefix_len)  # (B, 1, T, L)
+    visible = torch.ones(shape, dtype=torch.bool, device=mask.device) if mask.dtype == torch.bool \
+        else torch.zeros(shape, dtype=mask.dtype, device=mask.device)
+    return torch.cat([visible, mask], dim=-1)  # (B, 1, T, L + S)
+
+
+def _with_prefix(base: Callable, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    prefix = getattr(module, PREFIX_ATTR, None)
+    if prefix is None and base is sdpa_attention_forward:
+        return base(module, query, key, value, attention_mask, **kwargs)  # untouched layer
+    is_causal = kwargs.pop("is_causal", None)
+    causal = bool(getattr(module, "is_causal", False) if is_causal is None else is_causal)
+    prefix_len = 0 if prefix is None else prefix.size
+    attention_mask = extend_mask(attention_mask, query.shape[2], key.shape[2], prefix_len, causal, query.device)
+    if prefix is not None:
+        pk, pv = prefix(key.shape[0])  # (B, H_kv, L, hd) each
+        key = torch.cat([pk.to(key.dtype), key], dim=2)  # (B, H_kv, L + S, hd)
+        value = torch.cat([pv.to(value.dtype), value], dim=2)
+    return base(module, query, key, value, attention_mask, is_causal=False, **kwargs)
+
+
+def prefix_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
+    return _with_prefix(sdpa_attention_forward, module, query, key, value, attention_mask, **kwargs)
+
+
+def prefix_eager_attention(module, query, key, value, attention_mask, **kwargs):
+    return _with_prefix(eager_attention, module, query, key, value, attention_mask, **kwargs)
+
+
+def materialised_mask(*args: Any, allow_is_causal_skip: bool = True, **kwargs: Any) -> torch.Tensor | None:
+    """``sdpa_mask`` that never replaces a causal mask by ``None`` (we must extend it with prefix columns)."""
+    return sdpa_mask(*args, allow_is_causal_skip=False, **kwargs)
+
+
+AttentionInterface.register(PREFIX_SDPA, prefix_sdpa_attention)
+AttentionInterface.register(PREFIX_EAGER, prefix_eager_attention)
+AttentionMaskInterface.register(PREFIX_SDPA, materialised_mask)
+AttentionMaskInterface.register(PREFIX_EAGER, materialised_mask)
+
+
+def prefix_implementation(model: nn.Module) -> str:
+    """The prefix-aware attention name for ``model``; :class:`UnsupportedModelError` if there is none."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl in _WRAPS.values():
+        return impl
+    if impl not in _WRAPS:
+        raise UnsupportedModelError(
+            f"attn_implementation: prefix tuning needs 'sdpa' or 'eager' attention, the model uses {impl!r}; "
+            "load it with attn_implementation='sdpa'"
+        )
+    return _WRAPS[impl]
+
+
+def enable_prefix_attention(model: nn.Module) -> None:
+    """Route ``model``'s attention through the prefix-aware functions (idempotent)."""
+    target = prefix_implementation(model)
+    if model.config._attn_implementation == target:
+        return
+    model.set_attn_implementation(target)
+    if model.config._attn_implementation != target:  # a model that refuses to switch at run time
+        raise UnsupportedModelError(
+            f"attn_implementation: {type(model).__name__} does not let autopeft switch its attention to "
+            f"{target!r}, which prefix tuning needs"
+        )
+
+
+__all__ = ["PREFIX_EAGER", "PREFIX_SDPA", "enable_prefix_attention", "extend_mask", "prefix_implementation"]

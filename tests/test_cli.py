@@ -1,0 +1,83 @@
+"""End-to-end: the real CLI in subprocesses, against a real SQLite file, training the packaged MiniLM."""
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+TINY = ["--steps", "3", "--train-examples", "32", "--eval-examples", "16", "--batch-size", "8", "--max-length", "32"]
+
+
+def cli(*args, cwd=None, check=True):
+    proc = subprocess.run([sys.executable, "-m", "autopeft", *args], capture_output=True, text=True, cwd=cwd,
+                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"autopeft {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def trial_rows(db):
+    with sqlite3.connect(db) as con:
+        return con.execute("select number, state from trials order by number").fetchall()
+
+
+@pytest.mark.slow
+def test_run_resume_show_export_apply(tmp_path):
+    db = tmp_path / "study.db"
+    store = ["--storage", f"sqlite:///{db}"]
+    out = cli("run", "--trials", "2", "--workers", "1", "--sampler", "random", "--study", "s1", *store, *TINY).stdout
+    assert "created" in out and "Pareto front of s1" in out and "2 complete" in out
+    out = cli("run", "--trials", "3", "--workers", "1", "--sampler", "random", "--study", "s1", *store, *TINY).stdout
+    assert "resuming" in out and "3 complete" in out
+    assert [s for _, s in trial_rows(db)] == ["COMPLETE"] * 3
+
+    before = trial_rows(db)
+    bad = cli("run", "--trials", "4", "--study", "s1", *store, *TINY[:-2], "--max-length", "48", check=False)
+    assert bad.returncode == 2 and "max_length: stored 32, asked 48" in bad.stderr and "fix:" in bad.stderr
+    assert trial_rows(db) == before
+
+    assert "s1" in cli("study", "list", *store).stdout
+    shown = cli("study", "show", "s1", "--all", *store).stdout
+    assert "Pareto front of s1" in shown and "all trials" in shown
+
+    best = tmp_path / "best.yaml"
+    cli("export", "s1", "--max-params", "100%", "-o", str(best), *store)
+    doc = yaml.safe_load(best.read_text())
+    assert doc["study"] == "s1" and doc["fidelity"]["steps"] == 3 and "score" in doc["metrics"]
+    assert doc["plan"]["num_layers"] == 6
+    applied = cli("apply", str(best)).stdout
+    assert "applied" in applied and "trainable of" in applied
+
+    one = tmp_path / "one.yaml"
+    cli("export", "s1", "--trial", "1", "-o", str(one), *store)
+    assert yaml.safe_load(one.read_text())["trial"] == 1
+
+
+def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path):
+    db = tmp_path / "none.db"
+    store = ["--storage", f"sqlite:///{db}"]
+    r = cli("run", "--sampler", "sobol", *store, check=False)
+    assert r.returncode == 2 and "--sampler" in r.stderr and "sobol" in r.stderr
+    r = cli("run", "--steps", "0", *store, check=False)
+    assert r.returncode == 2 and "--steps" in r.stderr
+    r = cli("run", "--task", "no_such_task", *store, check=False)
+    assert r.returncode == 2 and "no_such_task" in r.stderr
+    bad_space = tmp_path / "bad.yaml"
+    bad_space.write_text("name: x\nmodules: {lora: {sizes: [0, 8], sites: [attn], rank: 2}}\n")
+    r = cli("run", "--space", str(bad_space), *store, check=False)
+    assert r.returncode == 2 and "modules.lora.sites" in r.stderr and "modules.lora.rank" in r.stderr
+    assert not db.exists()  # nothing was written for bad input
+
+    r = cli("export", "nope", "-o", str(tmp_path / "x.yaml"), "--max-params", "abc", *store, check=False)
+    assert r.returncode == 2 and "--max-params" in r.stderr and "abc" in r.stderr
+
+
+def test_space_validate(tmp_path):
+    out = cli("space", "validate", "autopeft").stdout
+    assert "valid" in out and "9 parameters" in out and "44,800 configurations" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodules: {lora: {sizes: [0, 8], sites: [q, gate]}}\n")
+    r = cli("space", "validate", str(bad), check=False)
+    assert r.returncode == 2 and "modules.lora.sites[1]" in r.stderr and "gate" in r.stderr
