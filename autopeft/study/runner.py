@@ -56,6 +56,23 @@ def prepare_study(
     return create_or_load(open_storage(storage), name, spec, dims, fidelity)
 
 
+def quiet_libraries() -> None:
+    """Silence library chatter that is expected in a search and would bury the progress display:
+    GP fitting jitter, acquisition restarts, Optuna's note that heartbeats are meant for
+    ``Study.optimize`` (the worker loop records them itself), transformers' weight-loading bars."""
+    import warnings
+
+    from botorch.exceptions.warnings import BotorchWarning
+    from linear_operator.utils.warnings import NumericalWarning
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", category=BotorchWarning)
+    warnings.filterwarnings("ignore", category=NumericalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _raise_interrupt(signum, frame):  # SIGTERM -> the same clean hand-back as Ctrl-C
     raise KeyboardInterrupt
 
@@ -69,6 +86,7 @@ def worker_main(spec: WorkerSpec, evaluator_factory: Callable | None = None) -> 
     from autopeft.study.worker import run_worker
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    quiet_libraries()
     if spec.threads:
         torch.set_num_threads(spec.threads)
     sampler = make_sampler(spec.sampler, seed=spec.seed, n_startup_trials=spec.n_startup_trials)

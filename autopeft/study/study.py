@@ -15,7 +15,7 @@ import yaml
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from autopeft.errors import StudyError
+from autopeft.errors import SpaceError, StudyError
 from autopeft.plan import PeftPlan
 from autopeft.proxy.fidelity import Fidelity
 from autopeft.space import ModelDims, SearchSpace, SpaceSpec, parse_space
@@ -115,7 +115,21 @@ def create_or_load(
     study = optuna.create_study(study_name=name, storage=storage, directions=space.directions, sampler=sampler)
     study.set_user_attr(CONFIG_ATTR, config)
     study.set_metric_names(space.objectives)
+    enqueue_anchors(study, space)
     return AutopeftStudy(study, space, fidelity, text, storage), True
+
+
+def enqueue_anchors(study: optuna.Study, space: SearchSpace) -> None:
+    """Queue the head-only plan (a linear probe: no PEFT module at all) as the study's first trial.
+
+    It anchors the cheap end of the cost axis, so every front shows what the modules buy over training
+    the task head alone. Spaces that cannot express it get no anchor.
+    """
+    try:
+        params = space.encode(PeftPlan(space.dims.num_layers))
+    except SpaceError:
+        return
+    study.enqueue_trial(params, user_attrs={"anchor": "head only"})
 
 
 def load(storage: RDBStorage, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> AutopeftStudy:

@@ -173,15 +173,26 @@ def run_worker(
     return stats
 
 
+def _sample_new_trial(study: AutopeftStudy) -> optuna.Trial:
+    """Like ``study.ask`` but always a new trial: ``ask`` would pop a queued WAITING trial instead."""
+    storage = study.study._storage  # the study's cached view of the RDB storage; Trial reads through it
+    trial_id = storage.create_new_trial(storage.get_study_id_from_name(study.name))
+    study.study.sampler.before_trial(study.study, storage.get_trial(trial_id))
+    trial = optuna.Trial(study.study, trial_id)
+    for name, dist in study.space.distributions().items():
+        trial.suggest_int(name, dist.low, dist.high)
+    return trial
+
+
 def propose(study: AutopeftStudy, n: int) -> list[int]:
     """Queue ``n`` sampler proposals as WAITING trials for workers to claim. Returns their numbers.
 
     Each proposal is made with ``ask`` (so the sampler sees earlier proposals as pending) and then
     handed to the queue by setting it WAITING; a worker's ``ask`` pops it with its parameters.
     """
-    # All n are asked before any is set WAITING, so each later proposal sees the earlier ones as pending.
+    # All n are sampled before any is set WAITING, so each later proposal sees the earlier ones as pending.
     with single_thread():
-        trials = [study.study.ask(study.space.distributions()) for _ in range(n)]
+        trials = [_sample_new_trial(study) for _ in range(n)]
     for trial in trials:
         trial.set_user_attr("proposed", True)
         study.storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)

@@ -35,6 +35,8 @@ def test_worker_completes_trials_and_records_plans(storage_url, study_name):
         assert t.user_attrs["fidelity"] == FID.model_dump()
         assert t.values == [t.user_attrs["metrics"]["score"], t.user_attrs["metrics"]["trainable_pct"]]
     assert ev.plans == [st.plan_of(t) for t in st.trials()]
+    anchor = st.trials()[0]
+    assert anchor.user_attrs["anchor"] == "head only" and st.plan_of(anchor).is_empty
 
 
 def test_failures_keep_reason_and_worker_goes_on(storage_url, study_name):
@@ -63,11 +65,11 @@ def test_proposed_trials_are_claimed_in_order(storage_url, study_name):
     st = make(storage_url, study_name, optuna.samplers.RandomSampler(seed=3))
     numbers = propose(st, 3)
     waiting = st.trials((TrialState.WAITING,))
-    assert [t.number for t in waiting] == numbers
+    assert [t.number for t in waiting] == [0] + numbers  # the head-only anchor is queued first
     proposed_params = {t.number: t.params for t in waiting}
-    run_worker(st, ArithmeticEvaluator(), max_trials=3)
+    run_worker(st, ArithmeticEvaluator(), max_trials=4)
     done = {t.number: t for t in st.trials((TrialState.COMPLETE,))}
-    assert sorted(done) == numbers
+    assert sorted(done) == [0] + numbers
     assert all(done[n].params == proposed_params[n] for n in numbers)
 
 
