@@ -50,6 +50,12 @@ def test_run_resume_show_export_apply(tmp_path):
     applied = cli("apply", str(best)).stdout
     assert "applied" in applied and "trainable of" in applied
 
+    queued = cli("propose", "--study", "s1", "--n", "1", "--sampler", "random", *store).stdout
+    number = int(queued.split("queued trial ")[1].split(":")[0])
+    assert dict(trial_rows(db))[number] == "WAITING"
+    assert "finished 1 trial" in cli("worker", "--study", "s1", "--max-trials", "1", *store).stdout
+    assert dict(trial_rows(db))[number] == "COMPLETE"
+
     one = tmp_path / "one.yaml"
     cli("export", "s1", "--trial", "1", "-o", str(one), *store)
     assert yaml.safe_load(one.read_text())["trial"] == 1

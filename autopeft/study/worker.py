@@ -15,6 +15,7 @@ Trial lifecycle (built on Optuna's queue, no second queue):
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -97,9 +98,18 @@ def requeue(study: AutopeftStudy, trial_id: int) -> None:
         callback(study.study, study.storage.get_trial(trial_id))
 
 
-def target_reached(study: AutopeftStudy, n_trials: int | None) -> bool:
-    """True when COMPLETE plus RUNNING trials reach ``n_trials`` (None: never)."""
-    return n_trials is not None and study.count(TrialState.COMPLETE, TrialState.RUNNING) >= n_trials
+def next_step(study: AutopeftStudy, n_trials: int | None) -> str:
+    """What a worker should do now to bring the study to ``n_trials`` COMPLETE trials:
+    ``"stop"`` (reached), ``"wait"`` (the trials still running would reach it, nothing is queued:
+    wait, since one of them may die and be re-queued) or ``"run"``."""
+    if n_trials is None:
+        return "run"
+    complete = study.count(TrialState.COMPLETE)
+    if complete >= n_trials:
+        return "stop"
+    if complete + study.count(TrialState.RUNNING) >= n_trials and not study.count(TrialState.WAITING):
+        return "wait"
+    return "run"
 
 
 def record_result(study: AutopeftStudy, trial: optuna.Trial, metrics: TrialMetrics) -> None:
@@ -147,8 +157,13 @@ def run_worker(
     max_trials: int | None = None,
     on_trial_end: Callable[[FrozenTrial], None] | None = None,
     max_consecutive_failures: int = 5,
+    poll_seconds: float = 2.0,
 ) -> WorkerStats:
-    """Run trials until the study holds ``n_trials`` (COMPLETE + RUNNING) or this worker ran ``max_trials``."""
+    """Run trials until the study holds ``n_trials`` COMPLETE trials or this worker ran ``max_trials``.
+
+    When the trials other workers are running would complete the study, the worker waits for them
+    rather than exiting: if one of them dies, its re-queued copy is picked up here.
+    """
     stats = WorkerStats()
     streak = 0  # consecutive failures: a setting that fails every trial must not spin forever
     while max_trials is None or stats.completed + stats.failed < max_trials:
@@ -157,8 +172,12 @@ def run_worker(
                 f"{streak} trials in a row failed; last reason: {study.storage.get_trial(last_failed).user_attrs.get(FAIL_REASON)}"
             )
         fail_stale_trials(study.study)
-        if target_reached(study, n_trials):
+        step = next_step(study, n_trials)
+        if step == "stop":
             break
+        if step == "wait":
+            time.sleep(poll_seconds)
+            continue
         finished = run_one(study, evaluator)
         stats.trial_numbers.append(finished.number)
         if finished.state == TrialState.COMPLETE:

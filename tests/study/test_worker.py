@@ -76,10 +76,13 @@ def test_proposed_trials_are_claimed_in_order(storage_url, study_name):
 def test_dead_worker_trial_is_failed_and_retried(storage_url, study_name):
     st = make(storage_url, study_name, optuna.samplers.RandomSampler(seed=4), heartbeat_interval=1, grace_period=1)
     # A worker claims a trial, beats once, then dies without reporting.
-    orphan = st.study.ask(st.space.distributions())
+    orphan = st.study.ask(st.space.distributions())  # pops the queued head-only anchor
     st.storage.record_heartbeat(orphan._trial_id)
-    time.sleep(2.5)
-    run_worker(st, ArithmeticEvaluator(), n_trials=2)
+    # Another worker finishes one trial; with the orphan still "running", 1 + 1 trials would reach the
+    # target, so the worker waits until the orphan goes stale, then runs its re-queued copy.
+    started = time.monotonic()
+    run_worker(st, ArithmeticEvaluator(), n_trials=2, poll_seconds=0.2)
+    assert time.monotonic() - started >= 1.0  # it waited out the grace period
     trials = {t.number: t for t in st.trials()}
     assert trials[orphan.number].state == TrialState.FAIL
     retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == orphan.number]
