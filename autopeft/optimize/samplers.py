@@ -19,7 +19,7 @@ DEFAULT_SAMPLER = "botorch"
 def make_sampler(name: str, *, seed: int = 0, n_startup_trials: int = 8) -> optuna.samplers.BaseSampler:
     """The sampler called ``name``.
 
-    ``botorch`` (default): a Sobol quasi-random design for the first ``n_startup_trials`` trials, then a
+    ``botorch`` (default): a scrambled Sobol design for the first ``n_startup_trials`` trials, then a
     GP per objective (and per constraint) with qLogNEHVI (Ament et al., 2023: noisy expected
     hypervolume improvement, in log space), which treats RUNNING trials as pending points so
     concurrent workers do not get the same proposal.
@@ -29,13 +29,14 @@ def make_sampler(name: str, *, seed: int = 0, n_startup_trials: int = 8) -> optu
         from optuna_integration import BoTorchSampler
         from optuna_integration.botorch import qnehvi_candidates_func
 
-        return BoTorchSampler(
+        main = BoTorchSampler(
             candidates_func=qnehvi_candidates_func,  # qLogNEHVI; Optuna's default for 2-3 objectives is qLogEHVI
             n_startup_trials=n_startup_trials,
-            independent_sampler=optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed),
             consider_running_trials=True,
             seed=seed,
         )
+        startup = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False)
+        return StartupThen(startup, main, n_startup_trials)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
@@ -43,3 +44,50 @@ def make_sampler(name: str, *, seed: int = 0, n_startup_trials: int = 8) -> optu
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup_trials))
     raise StudyError(f"--sampler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+class StartupThen(optuna.samplers.BaseSampler):
+    """``startup``'s joint (relative) sampling until ``n_startup`` trials are COMPLETE, then ``main``'s.
+
+    Optuna has no such combinator, and ``BoTorchSampler(independent_sampler=QMCSampler(...))`` does not
+    give a Sobol design: BoTorch asks its independent sampler one parameter at a time, and
+    ``QMCSampler`` samples only jointly, so it falls back to random sampling.
+    """
+
+    def __init__(self, startup: optuna.samplers.BaseSampler, main: optuna.samplers.BaseSampler, n_startup: int):
+        self.startup = startup
+        self.main = main
+        self.n_startup = n_startup
+        self._fallback = optuna.samplers.RandomSampler(seed=getattr(main, "_seed", None))
+        self.relative_calls = {"startup": 0, "main": 0}  # which sampler proposed, for tests and logs
+
+    def _active(self, study: optuna.Study) -> tuple[str, optuna.samplers.BaseSampler]:
+        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        return ("startup", self.startup) if done < self.n_startup else ("main", self.main)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._active(study)[1].infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        name, sampler = self._active(study)
+        params = sampler.sample_relative(study, trial, search_space)
+        if params:
+            self.relative_calls[name] += 1
+        return params
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        # Only reached for parameters the active sampler did not sample jointly (the very first trial).
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self.startup.before_trial(study, trial)
+        self.main.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self.startup.after_trial(study, trial, state, values)
+        self.main.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.startup.reseed_rng()
+        self.main.reseed_rng()
+        self._fallback.reseed_rng()

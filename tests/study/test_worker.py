@@ -123,6 +123,9 @@ def test_botorch_sampler_proposes_after_startup(tmp_path, study_name):
     trials = st.trials((TrialState.COMPLETE,))
     assert len(trials) == 5
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 5  # no repeated proposal
+    # Trial 0 is the queued head-only anchor; Sobol proposes trials 1-2 (until 3 trials are complete),
+    # the GP (qLogNEHVI) trials 3-4.
+    assert st.study.sampler.relative_calls == {"startup": 2, "main": 2}
 
 
 def test_unknown_study_lists_existing(tmp_path):
