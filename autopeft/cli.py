@@ -154,8 +154,9 @@ def propose(
     from autopeft.study.worker import propose as do_propose
 
     try:
-        st = load(open_storage(storage), study)
-        st = load(open_storage(storage), study, sampler=make_sampler(sampler, seed=st.fidelity.seed, n_startup_trials=startup_trials))
+        store = open_storage(storage)
+        seed = load(store, study).fidelity.seed  # the study's seed drives its sampler too
+        st = load(store, study, sampler=make_sampler(sampler, seed=seed, n_startup_trials=startup_trials))
         numbers = do_propose(st, n)
     except AutopeftError as exc:
         _fail(exc)

@@ -10,7 +10,6 @@ so a worker loads them once; :meth:`ProxyTrainer.run` trains one plan on a fresh
 from __future__ import annotations
 
 import copy
-import math
 import os
 import random
 import threading
@@ -258,6 +257,6 @@ class ProxyTrainer:
             trainable_pct=100.0 * trainable / self.base_params,
             step_time=sum(timed) / len(timed),
             peak_memory=mem.peak_mb,
-            train_loss=sum(tail) / len(tail) if not math.isnan(sum(tail)) else float("nan"),
+            train_loss=sum(tail) / len(tail),
             wall_time=time.perf_counter() - t0,
         )
