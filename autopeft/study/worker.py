@@ -166,10 +166,11 @@ def run_worker(
     """
     stats = WorkerStats()
     streak = 0  # consecutive failures: a setting that fails every trial must not spin forever
+    last_reason = None
     while max_trials is None or stats.completed + stats.failed < max_trials:
         if streak >= max_consecutive_failures:
             raise WorkerGaveUp(
-                f"{streak} trials in a row failed; last reason: {study.storage.get_trial(last_failed).user_attrs.get(FAIL_REASON)}"
+                f"{streak} trials in a row failed; last reason: {last_reason}"
             )
         fail_stale_trials(study.study)
         step = next_step(study, n_trials)
@@ -186,7 +187,7 @@ def run_worker(
         else:
             stats.failed += 1
             streak += 1
-            last_failed = finished._trial_id
+            last_reason = finished.user_attrs.get(FAIL_REASON)
         if on_trial_end is not None:
             on_trial_end(finished)
     return stats
