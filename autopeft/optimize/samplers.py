@@ -6,9 +6,11 @@ a trial is feasible when its trainable-parameter % is at most the budget.
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.errors import StudyError
 
@@ -21,8 +23,8 @@ def make_sampler(name: str, *, seed: int = 0, n_startup_trials: int = 8) -> optu
 
     ``botorch`` (default): a scrambled Sobol design for the first ``n_startup_trials`` trials, then a
     GP per objective (and per constraint) with qLogNEHVI (Ament et al., 2023: noisy expected
-    hypervolume improvement, in log space), which treats RUNNING trials as pending points so
-    concurrent workers do not get the same proposal.
+    hypervolume improvement, in log space), which treats RUNNING and queued (WAITING) trials as
+    pending points, so concurrent workers and queued batches never get the same proposal.
     """
     if name == "botorch":
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -36,11 +38,12 @@ def make_sampler(name: str, *, seed: int = 0, n_startup_trials: int = 8) -> optu
             seed=seed,
         )
         startup = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False)
-        return StartupThen(startup, main, n_startup_trials)
+        return StartupThen(startup, PendingAware(main), n_startup_trials)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=n_startup_trials)
+        return PendingAware(optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                                       n_startup_trials=n_startup_trials))
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup_trials))
     raise StudyError(f"--sampler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
@@ -91,3 +94,63 @@ class StartupThen(optuna.samplers.BaseSampler):
         self.startup.reseed_rng()
         self.main.reseed_rng()
         self._fallback.reseed_rng()
+
+
+class _QueuedAsRunning:
+    """A read view of a study in which queued (WAITING) trials also count as RUNNING."""
+
+    def __init__(self, study: optuna.Study):
+        self._study = study
+
+    def __getattr__(self, name):
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
+        trials = self._study.get_trials(deepcopy=deepcopy, states=states)
+        if states is not None and TrialState.RUNNING in states and TrialState.WAITING not in states:
+            trials = trials + [_as_running(t) for t in self._study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+        return trials
+
+
+def _as_running(trial: FrozenTrial) -> FrozenTrial:
+    view = copy.copy(trial)
+    view.state = TrialState.RUNNING
+    if not view.params and "fixed_params" in trial.system_attrs:  # enqueued with fixed parameters only
+        view.params = dict(trial.system_attrs["fixed_params"])
+    return view
+
+
+class PendingAware(optuna.samplers.BaseSampler):
+    """``sampler``, seeing queued trials as pending as well as running ones.
+
+    Optuna's pending-aware samplers (``BoTorchSampler(consider_running_trials=True)``, TPE's constant
+    liar) count only RUNNING trials as pending. A proposer keeps a queue of WAITING trials ahead of the
+    workers; without this view each new batch would ignore the queue and, with unchanged data and seed,
+    propose the very points already queued.
+    """
+
+    def __init__(self, sampler: optuna.samplers.BaseSampler):
+        self.sampler = sampler
+
+    def __getattr__(self, name):  # e.g. ``_seed``, read by StartupThen
+        if name == "sampler":
+            raise AttributeError(name)
+        return getattr(self.sampler, name)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.sampler.infer_relative_search_space(_QueuedAsRunning(study), trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.sampler.sample_relative(_QueuedAsRunning(study), trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.sampler.sample_independent(_QueuedAsRunning(study), trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self.sampler.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self.sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()

@@ -7,16 +7,51 @@ import re
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
 
 #: Default storage: a SQLite file in the working directory.
 DEFAULT_STORAGE = "sqlite:///autopeft.db"
 STORAGE_ENV = "AUTOPEFT_STORAGE"
 
 #: Seconds between a running trial's heartbeats, and how long one may be silent before the trial
-#: counts as dead (failed, then re-queued up to ``max_retry`` times).
+#: counts as dead (failed, then re-queued up to ``max_retry`` times). The grace period is longer than a
+#: 60 s database restart plus one interval, so an outage alone never fails a live worker's trial.
 HEARTBEAT_INTERVAL = 10
-GRACE_PERIOD = 60
+GRACE_PERIOD = 120
 MAX_RETRY = 2
+
+#: Trial attributes that describe one attempt; a re-queued copy starts without them.
+ATTEMPT_ATTRS = ("fail_reason", "traceback", "metrics", "worker")
+
+
+class RetryCallback(RetryHeartbeatStaleTrialCallback):
+    """Re-queue a failed attempt as a WAITING copy with the same parameters.
+
+    Optuna's callback, plus: the cap is readable (``max_retry``), the copy drops the attempt's own
+    attributes (failure reason, metrics, worker), and a hand-back (SIGTERM, Ctrl-C) is re-queued
+    without counting against the cap.
+    """
+
+    def __init__(self, max_retry: int | None = MAX_RETRY):
+        super().__init__(max_retry=max_retry)
+        self.max_retry = max_retry
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial, *, count: bool = True) -> int | None:
+        """Queue the copy; returns its trial number, or None when the cap is reached."""
+        history = list(trial.system_attrs.get("retry_history", []))
+        if count:
+            history.append(trial.number)
+            if self.max_retry is not None and len(history) > self.max_retry:
+                return None
+        system_attrs = {**trial.system_attrs, "failed_trial": trial.number, "retry_history": history}
+        user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
+        copy = optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs=user_attrs, system_attrs=system_attrs,
+        )
+        # ``Study.add_trial`` does the same but does not say which trial it made.
+        trial_id = study._storage.create_new_trial(study._study_id, template_trial=copy)
+        return study._storage.get_trial_number_from_id(trial_id)
 
 
 def storage_url(storage: str | None) -> str:
@@ -51,5 +86,5 @@ def open_storage(
         engine_kwargs=engine_kwargs,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        heartbeat_stale_trial_callback=RetryCallback(max_retry=max_retry),
     )

@@ -2,18 +2,25 @@
 
 Trial lifecycle (built on Optuna's queue, no second queue):
 
-1. ``fail_stale_trials``: RUNNING trials whose worker stopped sending heartbeats are failed, and
-   Optuna's ``RetryFailedTrialCallback`` re-queues each as a WAITING copy (capped retries).
-2. ``study.ask``: pops a WAITING trial atomically (one proposed by ``autopeft propose``, or a retry);
-   with none waiting, the sampler proposes a fresh one, RUNNING trials counting as pending.
+1. ``fail_stale``: RUNNING trials whose worker stopped sending heartbeats are failed with the reason
+   on them, and :class:`~autopeft.study.storage.RetryCallback` re-queues each as a WAITING copy
+   (``retry_history`` on the trial; capped, after which the trial stays FAIL).
+2. ``claim``: pops a WAITING trial atomically (one queued by ``autopeft propose``, or a retry); two
+   workers never get the same one. With none waiting, a worker proposes for itself unless a proposer
+   serves the study, in which case it waits for the proposer.
 3. Decode parameters -> :class:`PeftPlan`; store plan and fidelity on the trial; train while a
-   heartbeat thread keeps the trial alive.
-4. ``study.tell``: objective values, metrics as user attributes, the budget as a constraint; an
-   exception or a non-finite loss fails the trial with its reason, and the worker goes on.
+   heartbeat thread keeps the trial (and the worker's presence) alive.
+4. ``report``: objective values, metrics as user attributes, the budget as a constraint; an exception
+   or a non-finite loss fails the trial with its reason, and the worker goes on. The report is retried
+   through database outages; it is never dropped.
+
+Every database step goes through :func:`~autopeft.study.retry.with_retries`, so a PostgreSQL restart
+pauses a worker instead of killing it.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import traceback
@@ -23,15 +30,18 @@ from typing import Callable, Protocol
 
 import optuna
 import torch
-from optuna.storages import fail_stale_trials
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.plan import PeftPlan
 from autopeft.proxy.train import TrialMetrics
+from autopeft.study.presence import Presence, live
+from autopeft.study.retry import DEFAULT_OUTAGE_DEADLINE, with_retries
 from autopeft.study.study import AutopeftStudy
 
 FAIL_REASON = "fail_reason"
 BUDGET_CONSTRAINT = "trainable_pct_over_budget"
+log = logging.getLogger("autopeft.study")
 
 
 class WorkerGaveUp(RuntimeError):
@@ -47,26 +57,30 @@ class WorkerStats:
     completed: int = 0
     failed: int = 0
     trial_numbers: list[int] = field(default_factory=list)
+    idle_seconds: float = 0.0  # time spent waiting for a trial to claim
+    exit_reason: str = ""
 
 
 class _Heartbeat:
-    """Records a heartbeat for one trial every ``interval`` seconds until stopped."""
+    """Records a heartbeat for one trial (and the worker's presence) every ``interval`` seconds."""
 
-    def __init__(self, study: AutopeftStudy, trial_id: int):
+    def __init__(self, study: AutopeftStudy, trial_id: int, presence: Presence | None = None, number: int | None = None):
         self.storage = study.storage
         self.trial_id = trial_id
+        self.presence = presence
+        self.number = number
         self.interval = self.storage.get_heartbeat_interval() or 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
-        while True:
+        while not self._stop.wait(self.interval):
             try:
                 self.storage.record_heartbeat(self.trial_id)
-            except Exception:  # a missed beat is retried at the next interval
+                if self.presence is not None:
+                    self.presence.report("running", self.number)
+            except Exception:  # the database may be restarting: the next beat tries again
                 pass
-            if self._stop.wait(self.interval):
-                return
 
     def __enter__(self) -> "_Heartbeat":
         if self.interval:
@@ -90,14 +104,54 @@ def single_thread():
         torch.set_num_threads(previous)
 
 
-def requeue(study: AutopeftStudy, trial_id: int) -> None:
-    """Queue a WAITING copy of a failed trial through the storage's retry callback (same links and cap
-    as trials of dead workers)."""
-    callback = study.storage.heartbeat_stale_trial_callback
-    if callback is not None:
-        callback(study.study, study.storage.get_trial(trial_id))
+# --------------------------------------------------------------------------- failing and re-queueing
+def _retry_callback(study: AutopeftStudy):
+    return study.storage.get_heartbeat_stale_trial_callback()
 
 
+def requeue(study: AutopeftStudy, trial_id: int, *, count: bool = True) -> int | None:
+    """Queue a WAITING copy of a failed trial. ``count=False`` (a hand-back on SIGTERM or Ctrl-C) does
+    not count against the retry cap. Returns the copy's number, or None when the cap is reached."""
+    callback = _retry_callback(study)
+    if callback is None:
+        return None
+    trial = study.storage.get_trial(trial_id)
+    if hasattr(callback, "max_retry"):
+        return callback(study.study, trial, count=count)
+    callback(study.study, trial)
+    return None
+
+
+def fail_stale(study: AutopeftStudy) -> list[int]:
+    """Fail the RUNNING trials whose heartbeat is older than the grace period, with the reason on each,
+    and re-queue them (capped). Returns the numbers of the trials this call failed.
+
+    Optuna's ``fail_stale_trials`` does the same without leaving a reason on the trial.
+    """
+    storage = study.storage
+    if not storage.get_heartbeat_interval():
+        return []
+    grace = storage.grace_period or 2 * storage.get_heartbeat_interval()
+    cap = getattr(_retry_callback(study), "max_retry", None)
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(study.study._study_id):
+        trial = storage.get_trial(trial_id)
+        attempts = len(trial.system_attrs.get("retry_history", [])) + 1
+        reason = f"no heartbeat for over {grace} s: its worker died or hung (attempt {attempts})"
+        if cap is not None and attempts > cap:
+            reason += f"; retry cap {cap} reached, not re-queued"
+        try:
+            storage.set_trial_user_attr(trial_id, FAIL_REASON, reason)
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial_id)
+        except UpdateFinishedTrialError:  # another process failed (or its worker finished) it first
+            continue
+    for trial_id in failed:
+        with_retries(lambda: requeue(study, trial_id), "re-queueing a stale trial")
+    return [storage.get_trial(t).number for t in failed]
+
+
+# --------------------------------------------------------------------------- claiming
 def next_step(study: AutopeftStudy, n_trials: int | None) -> str:
     """What a worker should do now to bring the study to ``n_trials`` COMPLETE trials:
     ``"stop"`` (reached), ``"wait"`` (the trials still running would reach it, nothing is queued:
@@ -112,6 +166,52 @@ def next_step(study: AutopeftStudy, n_trials: int | None) -> str:
     return "run"
 
 
+def proposer_is_live(study: AutopeftStudy) -> bool:
+    return bool(live(study, "proposer"))
+
+
+def _pop_waiting(study: AutopeftStudy) -> int | None:
+    """The id of the oldest WAITING trial, now RUNNING for this worker, or None.
+
+    As Optuna's own queue does it: setting RUNNING succeeds only while the trial is still WAITING, so
+    two workers never get the same trial. The heartbeat is refreshed *before* the claim: a queued
+    trial may carry an old beat from when it was proposed, and no other worker may take it for stale
+    in the moment between the claim and this worker's first beat.
+    """
+    storage = study.study._storage
+    beat = bool(study.storage.get_heartbeat_interval())
+    for waiting in storage.get_all_trials(study.study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        if beat:
+            study.storage.record_heartbeat(waiting._trial_id)
+        try:
+            if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                return waiting._trial_id
+        except UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def claim(study: AutopeftStudy, *, sample_if_empty: bool = True) -> optuna.Trial | None:
+    """Claim the oldest WAITING trial (one proposed by ``autopeft propose``, or a retry), or, when none
+    waits and ``sample_if_empty``, a fresh proposal of the study's sampler. None when nothing was claimed.
+    A heartbeat is recorded at once, so a worker that dies right after claiming still has its trial
+    failed and re-queued."""
+    trial_id = _pop_waiting(study)
+    if trial_id is None:
+        if not sample_if_empty:
+            return None
+        with single_thread():
+            trial = study.study.ask(study.space.distributions())
+    else:
+        trial = optuna.Trial(study.study, trial_id)
+        for name, dist in study.space.distributions().items():
+            trial.suggest_int(name, dist.low, dist.high)  # the queued (fixed) value
+    if study.storage.get_heartbeat_interval():
+        study.storage.record_heartbeat(trial._trial_id)
+    return trial
+
+
+# --------------------------------------------------------------------------- running and reporting
 def record_result(study: AutopeftStudy, trial: optuna.Trial, metrics: TrialMetrics) -> None:
     """Store metrics on the trial and tell the study its objective values."""
     trial.set_user_attr("metrics", metrics.to_dict())
@@ -121,32 +221,72 @@ def record_result(study: AutopeftStudy, trial: optuna.Trial, metrics: TrialMetri
     study.study.tell(trial, [metrics.objective(o) for o in study.objectives])
 
 
-def run_one(study: AutopeftStudy, evaluator: Evaluator) -> FrozenTrial:
-    """Claim (or sample) one trial, train it, report it. Returns the finished trial."""
-    with single_thread():
-        trial = study.study.ask(study.space.distributions())
+def _finish(study: AutopeftStudy, what: str, trial: optuna.Trial, write: Callable[[], None],
+            deadline: float) -> None:
+    """Run ``write`` (the report) through outages. A retry after a lost acknowledgement finds the trial
+    already finished, which is success. A trial that another process failed as stale meanwhile keeps
+    its state; its re-queued copy runs again."""
+
+    def attempt() -> None:
+        state = study.storage.get_trial(trial._trial_id).state
+        if state.is_finished():
+            if state == TrialState.FAIL:
+                log.warning("trial %d was failed as stale while its %s was pending; its re-queued copy runs",
+                            trial.number, what)
+            return
+        try:
+            write()
+        except UpdateFinishedTrialError:
+            pass
+
+    with_retries(attempt, f"the {what} of trial {trial.number}", deadline=deadline)
+
+
+def run_one(study: AutopeftStudy, evaluator: Evaluator, trial: optuna.Trial | None = None, *,
+            presence: Presence | None = None, deadline: float = DEFAULT_OUTAGE_DEADLINE) -> FrozenTrial | None:
+    """Train one trial (claimed here when not given) and report it. Returns the finished trial."""
+    if trial is None:
+        trial = with_retries(lambda: claim(study), "claiming a trial", deadline=deadline)
+    number = trial.number
+    if presence is not None:
+        with_retries(lambda: presence.report("running", number, force=True), "reporting presence", deadline=deadline)
     params = {name: int(trial.params[name]) for name in study.space.choices}
     try:
         plan = study.space.decode(params)
-        trial.set_user_attr("plan", plan.to_dict())
-        trial.set_user_attr("plan_summary", plan.summary())
-        trial.set_user_attr("fidelity", study.fidelity.model_dump())
-        with _Heartbeat(study, trial._trial_id):
+
+        def describe() -> None:
+            trial.set_user_attr("plan", plan.to_dict())
+            trial.set_user_attr("plan_summary", plan.summary())
+            trial.set_user_attr("fidelity", study.fidelity.model_dump())
+            if presence is not None:
+                trial.set_user_attr("worker", presence.worker_id)
+
+        with_retries(describe, f"describing trial {number}", deadline=deadline)
+        with _Heartbeat(study, trial._trial_id, presence, number):
             metrics = evaluator.run(plan)
     except KeyboardInterrupt:
-        # Hand the trial back: fail this attempt and queue the same parameters again.
-        trial.set_user_attr(FAIL_REASON, "interrupted; re-queued")
-        study.study.tell(trial, state=TrialState.FAIL)
-        requeue(study, trial._trial_id)
+        # Hand the trial back: fail this attempt and queue the same parameters again, not counted
+        # as a retry (nothing is wrong with the trial).
+        def hand_back() -> None:
+            trial.set_user_attr(FAIL_REASON, "interrupted (worker stopped); handed back to the queue")
+            study.study.tell(trial, state=TrialState.FAIL)
+            requeue(study, trial._trial_id, count=False)
+
+        _finish(study, "hand-back", trial, hand_back, deadline)
         raise
     except Exception as exc:  # any training error fails this trial only; the worker goes on
         reason = f"{type(exc).__name__}: {exc}"
-        trial.set_user_attr(FAIL_REASON, reason[:2000])
-        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-        study.study.tell(trial, state=TrialState.FAIL)
-        return study.storage.get_trial(trial._trial_id)
-    record_result(study, trial, metrics)
-    return study.storage.get_trial(trial._trial_id)
+        tb = traceback.format_exc()[-4000:]
+
+        def fail() -> None:
+            trial.set_user_attr(FAIL_REASON, reason[:2000])
+            trial.set_user_attr("traceback", tb)
+            study.study.tell(trial, state=TrialState.FAIL)
+
+        _finish(study, "failure", trial, fail, deadline)
+        return with_retries(lambda: study.storage.get_trial(trial._trial_id), "reading a trial", deadline=deadline)
+    _finish(study, "result", trial, lambda: record_result(study, trial, metrics), deadline)
+    return with_retries(lambda: study.storage.get_trial(trial._trial_id), "reading a trial", deadline=deadline)
 
 
 def run_worker(
@@ -158,28 +298,65 @@ def run_worker(
     on_trial_end: Callable[[FrozenTrial], None] | None = None,
     max_consecutive_failures: int = 5,
     poll_seconds: float = 2.0,
+    idle_timeout: float | None = None,
+    presence: Presence | None = None,
+    self_propose: bool | None = None,
+    deadline: float = DEFAULT_OUTAGE_DEADLINE,
 ) -> WorkerStats:
-    """Run trials until the study holds ``n_trials`` COMPLETE trials or this worker ran ``max_trials``.
+    """Run trials until the study holds ``n_trials`` COMPLETE trials, this worker ran ``max_trials``,
+    or it waited ``idle_timeout`` seconds without finding a trial.
 
+    ``self_propose``: sample a fresh trial when none is queued. ``None`` (default) decides each time:
+    not while a proposer serves the study (the worker waits for its proposals), else yes.
     When the trials other workers are running would complete the study, the worker waits for them
     rather than exiting: if one of them dies, its re-queued copy is picked up here.
     """
     stats = WorkerStats()
     streak = 0  # consecutive failures: a setting that fails every trial must not spin forever
     last_reason = None
-    while max_trials is None or stats.completed + stats.failed < max_trials:
+    idle_since: float | None = None
+
+    def idle(state_reason: str) -> bool:
+        """Record idleness; True when the idle timeout ran out."""
+        nonlocal idle_since
+        now = time.monotonic()
+        if idle_since is None:
+            idle_since = now
+        if presence is not None:
+            with_retries(lambda: presence.report("idle"), "reporting presence", deadline=deadline)
+        if idle_timeout is not None and now - idle_since >= idle_timeout:
+            stats.exit_reason = f"idle for {idle_timeout:g} s ({state_reason})"
+            return True
+        time.sleep(poll_seconds)
+        return False
+
+    while True:
+        if max_trials is not None and stats.completed + stats.failed >= max_trials:
+            stats.exit_reason = f"ran --max-trials {max_trials}"
+            break
         if streak >= max_consecutive_failures:
-            raise WorkerGaveUp(
-                f"{streak} trials in a row failed; last reason: {last_reason}"
-            )
-        fail_stale_trials(study.study)
-        step = next_step(study, n_trials)
+            raise WorkerGaveUp(f"{streak} trials in a row failed; last reason: {last_reason}")
+        step = with_retries(lambda: (fail_stale(study), next_step(study, n_trials))[1], "checking the queue",
+                            deadline=deadline)
         if step == "stop":
+            stats.exit_reason = f"the study holds {n_trials} complete trials"
             break
         if step == "wait":
-            time.sleep(poll_seconds)
+            if idle("the last trials are running elsewhere"):
+                break
             continue
-        finished = run_one(study, evaluator)
+        sample = self_propose if self_propose is not None else not with_retries(
+            lambda: proposer_is_live(study), "looking for a proposer", deadline=deadline)
+        started = time.monotonic()
+        trial = with_retries(lambda: claim(study, sample_if_empty=sample), "claiming a trial", deadline=deadline)
+        if trial is None:
+            if idle("no queued trial"):
+                break
+            continue
+        if idle_since is not None:
+            stats.idle_seconds += started - idle_since
+        idle_since = None
+        finished = run_one(study, evaluator, trial, presence=presence, deadline=deadline)
         stats.trial_numbers.append(finished.number)
         if finished.state == TrialState.COMPLETE:
             stats.completed += 1
@@ -190,14 +367,18 @@ def run_worker(
             last_reason = finished.user_attrs.get(FAIL_REASON)
         if on_trial_end is not None:
             on_trial_end(finished)
+    if idle_since is not None:
+        stats.idle_seconds += time.monotonic() - idle_since
     return stats
 
 
+# --------------------------------------------------------------------------- proposing
 def _sample_new_trial(study: AutopeftStudy) -> optuna.Trial:
     """Like ``study.ask`` but always a new trial: ``ask`` would pop a queued WAITING trial instead."""
     storage = study.study._storage  # the study's cached view of the RDB storage; Trial reads through it
-    trial_id = storage.create_new_trial(storage.get_study_id_from_name(study.name))
-    study.study.sampler.before_trial(study.study, storage.get_trial(trial_id))
+    trial_id = storage.create_new_trial(study.study._study_id)
+    if study.storage.get_heartbeat_interval():
+        study.storage.record_heartbeat(trial_id)  # a proposer killed mid-batch leaves nothing un-failable
     trial = optuna.Trial(study.study, trial_id)
     for name, dist in study.space.distributions().items():
         trial.suggest_int(name, dist.low, dist.high)
@@ -207,10 +388,10 @@ def _sample_new_trial(study: AutopeftStudy) -> optuna.Trial:
 def propose(study: AutopeftStudy, n: int) -> list[int]:
     """Queue ``n`` sampler proposals as WAITING trials for workers to claim. Returns their numbers.
 
-    Each proposal is made with ``ask`` (so the sampler sees earlier proposals as pending) and then
-    handed to the queue by setting it WAITING; a worker's ``ask`` pops it with its parameters.
+    The batch is pending-aware: every trial of the batch is sampled while the earlier ones are RUNNING,
+    and the default sampler also counts queued (WAITING) trials as pending (see
+    :class:`~autopeft.optimize.samplers.PendingAware`), so no proposal repeats a queued or running one.
     """
-    # All n are sampled before any is set WAITING, so each later proposal sees the earlier ones as pending.
     with single_thread():
         trials = [_sample_new_trial(study) for _ in range(n)]
     for trial in trials:

@@ -1,0 +1,112 @@
+"""Who is serving a study: workers and proposers announce themselves in the study database.
+
+Optuna's heartbeats belong to trials, so an idle worker (waiting for a proposal) or a proposer leaves no
+trace there. Each process therefore keeps one study system attribute, ``autopeft:<role>:<id>``, with its
+host, pid, device, state and the time it last reported (UTC seconds; hosts are expected to keep their clocks
+in sync). It is refreshed at the heartbeat interval; a process that stopped reporting for longer than the
+grace period is not live. The study database stays the only shared state: no extra table, no second queue.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from autopeft.study.study import AutopeftStudy
+
+PREFIX = "autopeft:"
+ROLES = ("worker", "proposer")
+
+
+@dataclass(frozen=True)
+class WorkerPresence:
+    role: str  # "worker" or "proposer"
+    worker_id: str
+    host: str
+    pid: int
+    device: str
+    state: str  # "idle", "running", "proposing" or "stopped"
+    trial_number: int | None
+    last_seen: datetime  # UTC
+    started: datetime  # UTC
+
+    def age(self, now: float | None = None) -> float:
+        """Seconds since the process last reported."""
+        return (now if now is not None else time.time()) - self.last_seen.timestamp()
+
+
+def new_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Presence:
+    """One process's record in the study. ``report`` is cheap to call often: it writes at most once per
+    ``min_interval`` seconds unless the state or trial changed."""
+
+    def __init__(self, study: AutopeftStudy, role: str, device: str = "cpu", worker_id: str | None = None,
+                 min_interval: float | None = None):
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        self.storage = study.storage
+        self.study_id = study.study._study_id
+        self.role = role
+        self.worker_id = worker_id or new_id()
+        self.device = device
+        self.started = time.time()
+        interval = self.storage.get_heartbeat_interval() or 10
+        self.min_interval = interval if min_interval is None else min_interval
+        self._last: tuple[str, int | None, float] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{PREFIX}{self.role}:{self.worker_id}"
+
+    def report(self, state: str, trial_number: int | None = None, *, force: bool = False) -> None:
+        now = time.time()
+        if (not force and self._last is not None and self._last[:2] == (state, trial_number)
+                and now - self._last[2] < self.min_interval):
+            return
+        self.storage.set_study_system_attr(self.study_id, self.key, {
+            "host": socket.gethostname(), "pid": os.getpid(), "device": self.device, "state": state,
+            "trial": trial_number, "last_seen": now, "started": self.started,
+        })
+        self._last = (state, trial_number, now)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def all_presences(study: AutopeftStudy) -> list[WorkerPresence]:
+    """Every process that ever reported on the study, newest report first."""
+    attrs = study.storage.get_study_system_attrs(study.study._study_id)
+    out = []
+    for key, value in attrs.items():
+        if not key.startswith(PREFIX) or not isinstance(value, dict):
+            continue
+        role, _, worker_id = key[len(PREFIX):].partition(":")
+        if role not in ROLES:
+            continue
+        out.append(WorkerPresence(
+            role=role, worker_id=worker_id, host=value.get("host", "?"), pid=int(value.get("pid", 0)),
+            device=value.get("device", "?"), state=value.get("state", "?"), trial_number=value.get("trial"),
+            last_seen=_utc(value.get("last_seen", 0.0)), started=_utc(value.get("started", 0.0)),
+        ))
+    return sorted(out, key=lambda p: p.last_seen, reverse=True)
+
+
+def live(study: AutopeftStudy, role: str = "worker", within: float | None = None) -> list[WorkerPresence]:
+    """Processes of ``role`` that reported within ``within`` seconds (default: the storage's grace
+    period) and have not said they stopped."""
+    if within is None:
+        within = float(study.storage.grace_period or 2 * (study.storage.get_heartbeat_interval() or 30))
+    now = time.time()
+    return [p for p in all_presences(study) if p.role == role and p.state != "stopped" and p.age(now) <= within]
+
+
+def live_workers(study: AutopeftStudy, within: float | None = None) -> list[WorkerPresence]:
+    return live(study, "worker", within)
