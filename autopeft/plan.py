@@ -12,18 +12,11 @@ A *site* names where in a transformer block a module sits:
   projections; ``gate`` exists only in gated FFNs such as LLaMA's);
 * block sites ``attn`` and ``ffn`` (the attention and the feed-forward sub-layer as a whole).
 
-Methods and the sites they accept
----------------------------------
-============================  ==================  =========================================
-method                        sites               ``size`` means
-============================  ==================  =========================================
-``lora``                      linear sites        rank r
-``lora_experts``              linear sites        rank of each expert (plus experts, top_k)
-``ia3``                       ``k``, ``v``, ``down``  unused (0): one scale per feature
-``serial_adapter``            ``attn``, ``ffn``   bottleneck width
-``parallel_adapter``          ``attn``, ``ffn``   bottleneck width
-``prefix``                    ``attn``            number of virtual key/value tokens
-============================  ==================  =========================================
+Methods
+-------
+The methods, their sites and what ``size`` means live in one registry, :data:`autopeft.peft.methods.REGISTRY`
+(one unit per method; see docs/methods.md). ``variant`` picks a method's variant (LoRA: ``rslora``/``dora``;
+LoRA experts: ``dynmole`` routing; prefix: ``mlp`` reparametrisation); ``None`` is the method's default.
 """
 
 from __future__ import annotations
@@ -32,30 +25,22 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from autopeft.errors import PlanError
+from autopeft.peft.methods import BLOCK_SITES, LINEAR_SITES, REGISTRY, get_method
 
-LINEAR_SITES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
-BLOCK_SITES: tuple[str, ...] = ("attn", "ffn")
-
-#: method name -> sites it may sit on. The one list every part of the project reads.
-METHOD_SITES: dict[str, tuple[str, ...]] = {
-    "lora": LINEAR_SITES,
-    "lora_experts": LINEAR_SITES,
-    "ia3": ("k", "v", "down"),
-    "serial_adapter": BLOCK_SITES,
-    "parallel_adapter": BLOCK_SITES,
-    "prefix": ("attn",),
-}
-METHODS: tuple[str, ...] = tuple(METHOD_SITES)
+#: method name -> sites it may sit on, read from the method registry.
+METHOD_SITES: dict[str, tuple[str, ...]] = {name: m.sites for name, m in REGISTRY.items()}
+METHODS: tuple[str, ...] = tuple(REGISTRY)
 #: methods whose ``size`` knob is meaningful (must be >= 1 when placed).
-SIZED_METHODS: frozenset[str] = frozenset(METHODS) - {"ia3"}
+SIZED_METHODS: frozenset[str] = frozenset(name for name, m in REGISTRY.items() if m.size_means)
 
 
 @dataclass(frozen=True, order=True)
 class ModuleSpec:
     """One module on one site of one layer.
 
-    ``alpha`` is the LoRA scaling numerator (scale = alpha / size); ``None`` means ``2 * size``.
-    ``num_experts`` and ``top_k`` are used by ``lora_experts`` only and must be 0 elsewhere.
+    ``alpha`` is the low-rank scaling numerator of LoRA-type methods (``None`` means ``2 * size``).
+    ``num_experts`` and ``top_k`` are used by ``lora_experts`` only and must be 0 elsewhere. ``variant`` names a
+    non-default variant of the method (``None`` = the default; giving the default's name stores ``None``).
     """
 
     method: str
@@ -64,42 +49,26 @@ class ModuleSpec:
     alpha: float | None = None
     num_experts: int = 0
     top_k: int = 0
+    variant: str | None = None
 
     def __post_init__(self) -> None:
         where = f"module {self.method!r} on site {self.site!r}"
-        if self.method not in METHOD_SITES:
-            raise PlanError(f"method: unknown method {self.method!r}; use one of {', '.join(METHODS)}")
-        if self.site not in METHOD_SITES[self.method]:
+        method = get_method(self.method)
+        if self.site not in method.sites:
             raise PlanError(
-                f"site: {where}: {self.method} cannot sit on {self.site!r}; "
-                f"allowed sites: {', '.join(METHOD_SITES[self.method])}"
+                f"site: {where}: {self.method} cannot sit on {self.site!r}; allowed sites: {', '.join(method.sites)}"
             )
-        if self.method in SIZED_METHODS and self.size < 1:
-            raise PlanError(f"size: {where}: size {self.size} must be >= 1 (leave the module out to turn it off)")
-        if self.method == "ia3" and self.size != 0:
-            raise PlanError(f"size: {where}: ia3 has no size knob; use size 0, not {self.size}")
-        if self.method == "lora_experts":
-            if self.num_experts < 1:
-                raise PlanError(f"num_experts: {where}: {self.num_experts} must be >= 1")
-            if not 1 <= self.top_k <= self.num_experts:
-                raise PlanError(
-                    f"top_k: {where}: top_k {self.top_k} must lie in 1..num_experts ({self.num_experts})"
-                )
-        elif self.num_experts or self.top_k:
-            raise PlanError(f"num_experts/top_k: {where}: only lora_experts takes experts; set both to 0")
-        if self.alpha is not None and self.method not in ("lora", "lora_experts"):
-            raise PlanError(f"alpha: {where}: only LoRA methods take alpha; leave it out")
+        if method.variants and self.variant == method.variants[0]:
+            object.__setattr__(self, "variant", None)  # one spelling per plan: the default is None
+        method.check(self, where)
 
     @property
     def scaling(self) -> float:
-        """LoRA output scale ``alpha / r`` (1.0 for methods without one)."""
-        if self.method not in ("lora", "lora_experts"):
-            return 1.0
-        alpha = 2.0 * self.size if self.alpha is None else self.alpha
-        return alpha / self.size
+        """Low-rank output scale (``alpha / r``; rsLoRA ``alpha / sqrt(r)``); 1.0 for methods without one."""
+        return get_method(self.method).scaling(self)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"method": self.method, "site": self.site}
+        out: dict[str, Any] = {"method": self.method, "site": self.site}
         if self.method in SIZED_METHODS:
             out["size"] = self.size
         if self.alpha is not None:
@@ -107,11 +76,13 @@ class ModuleSpec:
         if self.method == "lora_experts":
             out["num_experts"] = self.num_experts
             out["top_k"] = self.top_k
+        if self.variant is not None:
+            out["variant"] = self.variant
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModuleSpec":
-        known = {"method", "site", "size", "alpha", "num_experts", "top_k"}
+        known = {"method", "site", "size", "alpha", "num_experts", "top_k", "variant"}
         unknown = set(data) - known
         if unknown:
             raise PlanError(f"{sorted(unknown)[0]}: unknown module field; allowed: {', '.join(sorted(known))}")
@@ -125,6 +96,7 @@ class ModuleSpec:
                 alpha=None if data.get("alpha") is None else float(data["alpha"]),
                 num_experts=int(data.get("num_experts", 0)),
                 top_k=int(data.get("top_k", 0)),
+                variant=None if data.get("variant") is None else str(data["variant"]),
             )
         except (TypeError, ValueError) as exc:
             raise PlanError(f"module {dict(data)!r}: {exc}") from exc
@@ -143,7 +115,7 @@ class PeftPlan:
     def __post_init__(self) -> None:
         if self.num_layers < 1:
             raise PlanError(f"num_layers: {self.num_layers} must be >= 1")
-        layers = tuple(tuple(sorted(layer)) for layer in self.layers) or tuple(() for _ in range(self.num_layers))
+        layers = tuple(tuple(sorted(layer, key=_sort_key)) for layer in self.layers) or tuple(() for _ in range(self.num_layers))
         if len(layers) != self.num_layers:
             raise PlanError(f"layers: plan lists {len(layers)} layers but num_layers is {self.num_layers}")
         for i, layer in enumerate(layers):
@@ -184,18 +156,9 @@ class PeftPlan:
             return "head only"
         groups: dict[str, dict[str, list[int]]] = {}
         for i, m in self.modules():
-            if m.method == "lora_experts":
-                label = f"experts r{m.size} top{m.top_k}"
-                groups.setdefault(label, {}).setdefault(f"{m.site}x{m.num_experts}", []).append(i)
-                continue
-            label = {
-                "lora": f"lora r{m.size}",
-                "ia3": "ia3",
-                "serial_adapter": f"serial {m.size}",
-                "parallel_adapter": f"parallel {m.size}",
-                "prefix": f"prefix {m.size}",
-            }[m.method]
-            groups.setdefault(label, {}).setdefault(m.site, []).append(i)
+            label = get_method(m.method).summary_label(m)
+            site = f"{m.site}x{m.num_experts}" if m.method == "lora_experts" else m.site
+            groups.setdefault(label, {}).setdefault(site, []).append(i)
         parts = []
         for label, sites in groups.items():
             by_layers: dict[tuple[int, ...], list[str]] = {}
@@ -233,6 +196,11 @@ class PeftPlan:
             except PlanError as exc:
                 raise PlanError(f"layers[{j}].{exc}") from exc
         return cls.from_modules(num_layers, modules)
+
+
+def _sort_key(m: ModuleSpec) -> tuple:
+    """Canonical module order in a layer; (method, site) is unique there, so None-valued fields never compare."""
+    return (m.method, m.site, m.size, m.num_experts, m.top_k, m.alpha or 0.0, m.variant or "")
 
 
 def _layer_ranges(indices: Iterable[int]) -> str:

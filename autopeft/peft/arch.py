@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from autopeft.errors import UnsupportedModelError
-from autopeft.plan import LINEAR_SITES
+from autopeft.peft.methods import LINEAR_SITES
 
 
 @dataclass(frozen=True)

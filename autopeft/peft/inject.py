@@ -1,26 +1,27 @@
-"""``apply_plan``: freeze a Hugging Face model and inject the plan's PEFT modules, in place."""
+"""``apply_plan``: freeze a Hugging Face model and inject the plan's PEFT modules, in place.
+
+Each method's own ``inject(ctx, spec)`` (in ``autopeft/peft/modules/<method>.py``, found through the method
+registry) places its module; :class:`Injection` gives it the block, the wrapped linears and the seeded generator.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from autopeft.errors import PlanError, UnsupportedModelError
 from autopeft.peft.arch import ArchSpec, get_arch
-from autopeft.peft.modules import (
-    AdaptedLinear,
-    IA3Scale,
-    LoRA,
-    LoRAExperts,
-    ParallelAdapter,
-    PrefixKV,
-    SerialAdapter,
-)
-from autopeft.peft.placement import ENTRY_LINEAR, EXIT_LINEAR, check_plan
+from autopeft.peft.methods import get_method
+from autopeft.peft.modules import AdaptedLinear
+from autopeft.peft.placement import check_plan
 from autopeft.peft.prefix_attention import PREFIX_ATTR, enable_prefix_attention, prefix_implementation
-from autopeft.plan import ModuleSpec, PeftPlan
+from autopeft.plan import PeftPlan
+
+#: attribute of the base model holding modules shared across layers (e.g. Compacter's rule matrices)
+SHARED_ATTR = "autopeft_shared"
 
 
 def apply_plan(
@@ -52,9 +53,10 @@ def apply_plan(
         seed = int(torch.randint(0, 2**62, (1,)).item())
     generator = torch.Generator().manual_seed(seed)  # CPU generator: same init on every device
 
+    base = arch.base_model(model)
     layers = arch.layers(model)
     for i, spec in plan.modules():
-        _inject(arch, config, layers[i], spec, generator)
+        get_method(spec.method).impl().inject(Injection(arch, config, base, layers[i], generator), spec)
     if has_prefix:
         enable_prefix_attention(model)
 
@@ -65,6 +67,48 @@ def apply_plan(
             p.requires_grad_(True)
     model.autopeft_plan = plan
     return model
+
+
+@dataclass
+class Injection:
+    """What a method's ``inject`` sees: one block of one model, and the plan's seeded generator."""
+
+    arch: ArchSpec
+    config: Any
+    base: nn.Module  # the headless transformer (holds shared modules)
+    layer: nn.Module  # the block the module goes into
+    generator: torch.Generator
+
+    def linear(self, site: str) -> AdaptedLinear:
+        """The :class:`AdaptedLinear` at ``site`` of this block, replacing the plain linear on first use."""
+        linear = self.arch.get_linear(self.layer, site)
+        if isinstance(linear, AdaptedLinear):
+            return linear
+        expected = self.arch.site_shape(self.config, site)
+        if not isinstance(linear, nn.Linear) or (linear.in_features, linear.out_features) != expected:
+            raise UnsupportedModelError(
+                f"site {site!r}: expected nn.Linear{expected} at {self.arch.site_paths[site]!r} of a "
+                f"{self.arch.family}-family block, found {linear!r}; this model variant is not supported"
+            )
+        wrapped = AdaptedLinear(linear)
+        self.arch.set_linear(self.layer, site, wrapped)
+        return wrapped
+
+    @staticmethod
+    def place(module: nn.Module, ref: nn.Module) -> nn.Module:
+        """Move a freshly initialised (CPU, float32) module to ``ref``'s device and floating dtype."""
+        w = ref.weight
+        return module.to(device=w.device, dtype=w.dtype if w.is_floating_point() else torch.float32)
+
+    def shared(self, key: str, make: Callable[[], nn.Module], ref: nn.Module) -> nn.Module:
+        """The model-wide module ``key`` (made on first request), kept in ``base.autopeft_shared``."""
+        store = getattr(self.base, SHARED_ATTR, None)
+        if store is None:
+            store = nn.ModuleDict()
+            setattr(self.base, SHARED_ATTR, store)
+        if key not in store:
+            store[key] = self.place(make(), ref)
+        return store[key]
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -79,56 +123,4 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in inside]
 
 
-def _inject(arch: ArchSpec, config: Any, layer: nn.Module, spec: ModuleSpec, g: torch.Generator) -> None:
-    if spec.method == "prefix":
-        attention = arch.attention(layer)
-        prefix = PrefixKV(arch.num_kv_heads(config), spec.size, arch.head_dim(config), g)
-        setattr(attention, PREFIX_ATTR, _like(prefix, arch.get_linear(layer, "q")))
-        return
-    if spec.method in ("serial_adapter", "parallel_adapter"):
-        exit_ = _wrap(arch, config, layer, EXIT_LINEAR[spec.site])
-        if spec.method == "serial_adapter":
-            exit_.serial = _like(SerialAdapter(exit_.out_features, spec.size, g), exit_)
-            return
-        entry = _wrap(arch, config, layer, ENTRY_LINEAR[spec.site])
-        exit_.parallel = _like(ParallelAdapter(entry.in_features, spec.size, exit_.out_features, g), exit_)
-        entry.stashes.append(exit_.parallel.stash)
-        return
-    lin = _wrap(arch, config, layer, spec.site)
-    if spec.method == "lora":
-        lin.lora = _like(LoRA(lin.in_features, lin.out_features, spec.size, spec.scaling, g), lin)
-    elif spec.method == "lora_experts":
-        experts = LoRAExperts(lin.in_features, lin.out_features, spec.size, spec.num_experts, spec.top_k,
-                              spec.scaling, g)
-        lin.experts = _like(experts, lin)
-    elif spec.method == "ia3" and spec.site == "down":
-        lin.ia3_in = _like(IA3Scale(lin.in_features), lin)
-    elif spec.method == "ia3":
-        lin.ia3_out = _like(IA3Scale(lin.out_features), lin)
-    else:  # unreachable while plan.METHOD_SITES and this function agree
-        raise PlanError(f"method: no injection rule for {spec.method!r} on {spec.site!r}")
-
-
-def _wrap(arch: ArchSpec, config: Any, layer: nn.Module, site: str) -> AdaptedLinear:
-    """The :class:`AdaptedLinear` at ``site``, replacing the plain linear on first use."""
-    linear = arch.get_linear(layer, site)
-    if isinstance(linear, AdaptedLinear):
-        return linear
-    expected = arch.site_shape(config, site)
-    if not isinstance(linear, nn.Linear) or (linear.in_features, linear.out_features) != expected:
-        raise UnsupportedModelError(
-            f"site {site!r}: expected nn.Linear{expected} at {arch.site_paths[site]!r} of a {arch.family}-family "
-            f"block, found {linear!r}; this model variant is not supported"
-        )
-    wrapped = AdaptedLinear(linear)
-    arch.set_linear(layer, site, wrapped)
-    return wrapped
-
-
-def _like(module: nn.Module, ref: nn.Module) -> nn.Module:
-    """Move a freshly initialised (CPU, float32) module to ``ref``'s device and floating dtype."""
-    w = ref.weight
-    return module.to(device=w.device, dtype=w.dtype if w.is_floating_point() else torch.float32)
-
-
-__all__ = ["apply_plan", "head_parameters"]
+__all__ = ["Injection", "SHARED_ATTR", "apply_plan", "head_parameters"]

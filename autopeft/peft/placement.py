@@ -1,4 +1,4 @@
-"""Where each method's modules go in a block, and the check that a plan fits a model's architecture."""
+"""The check that a plan fits a model's architecture (every linear a module needs exists, shapes suit it)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,13 @@ from typing import Any
 
 from autopeft.errors import PlanError
 from autopeft.peft.arch import ArchSpec
+from autopeft.peft.methods import ENTRY_LINEAR, EXIT_LINEAR, get_method
 from autopeft.plan import PeftPlan
-
-#: block site -> linear whose input is the sub-layer input (parallel adapter reads it)
-ENTRY_LINEAR = {"attn": "q", "ffn": "up"}
-#: block site -> linear whose output is the sub-layer output before residual/LayerNorm (adapters add there)
-EXIT_LINEAR = {"attn": "o", "ffn": "down"}
 
 
 def linears_used(method: str, site: str) -> tuple[str, ...]:
     """The linear sites a module of ``method`` on ``site`` touches (none for prefix)."""
-    if method == "prefix":
-        return ()
-    if method == "serial_adapter":
-        return (EXIT_LINEAR[site],)
-    if method == "parallel_adapter":
-        return (ENTRY_LINEAR[site], EXIT_LINEAR[site])
-    return (site,)
+    return get_method(method).linears(site)
 
 
 def check_plan(plan: PeftPlan, arch: ArchSpec, config: Any) -> None:
@@ -43,6 +33,9 @@ def check_plan(plan: PeftPlan, arch: ArchSpec, config: Any) -> None:
                 f"blocks do not have; linear sites there: {', '.join(present)}. Drop the module or move it to one "
                 "of those sites"
             )
+        reason = get_method(spec.method).check_model(spec, arch, config)
+        if reason:
+            raise PlanError(f"layers[{i}]: {spec.method} on site {spec.site!r}: {reason}")
 
 
 __all__ = ["ENTRY_LINEAR", "EXIT_LINEAR", "check_plan", "linears_used"]

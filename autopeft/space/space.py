@@ -23,6 +23,9 @@ from optuna.distributions import IntDistribution
 from pydantic import ValidationError
 
 from autopeft.errors import SpaceError
+from autopeft.peft.methods import BLOCK_SITES, REGISTRY
+from autopeft.peft.methods.compacter import PHM_N
+from autopeft.peft.methods.serial_adapter import STYLES
 from autopeft.plan import METHODS, ModuleSpec, PeftPlan
 from autopeft.space.schema import OBJECTIVES, SpaceSpec
 
@@ -107,19 +110,21 @@ class SearchSpace:
         self.choices: dict[str, list[Any]] = self._build_choices()
 
     # ------------------------------------------------------------ construction
+    def _modules(self) -> list[tuple[str, Any, Any]]:
+        """(name, method, YAML block) of every module type the space declares, in registry order."""
+        return [(name, method, getattr(self.spec.modules, name)) for name, method in REGISTRY.items()
+                if getattr(self.spec.modules, name) is not None]
+
     def _check_sites(self) -> None:
         errors = []
-        for method in METHODS:
-            mod = getattr(self.spec.modules, method)
-            if mod is None:
-                continue
-            for j, site in enumerate(mod.sites):
-                if site in ("attn", "ffn"):
+        for name, _, mod in self._modules():
+            for j, site in enumerate(getattr(mod, "sites", None) or []):
+                if site in BLOCK_SITES:
                     continue
                 if site not in self.dims.sites:
                     errors.append(
                         (
-                            f"modules.{method}.sites[{j}]",
+                            f"modules.{name}.sites[{j}]",
                             f"site {site!r} does not exist in this model (it has {', '.join(self.dims.sites)}); "
                             "remove it or use a model that has it",
                         )
@@ -137,36 +142,48 @@ class SearchSpace:
             return [f"{method}.layer.{i}" for i in range(self.dims.num_layers)]
         return []
 
+    def _sizes(self, name: str, mod: Any) -> list[int]:
+        sizes = resolve_sizes(mod.sizes, self.dims.hidden_size)
+        if name == "compacter":  # PHM layers need multiples of n; log2_hidden keeps those (and 0)
+            sizes = [s for s in sizes if s % PHM_N == 0]
+        return sizes
+
+    @staticmethod
+    def _variant_choices(mod: Any, key: str) -> list[str]:
+        value = getattr(mod, key, None)
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else list(value)
+
     def _build_choices(self) -> dict[str, list[Any]]:
-        m = self.spec.modules
-        hidden = self.dims.hidden_size
         choices: dict[str, list[Any]] = {}
         if self.spec.placement == "shared":
             for name in self._layer_switch_names(""):
                 choices[name] = [0, 1]
-        for method in METHODS:
-            mod = getattr(m, method)
-            if mod is None:
-                continue
-            if method == "ia3":
+        for name, method, mod in self._modules():
+            if method.kind == "switch":
                 if mod.optional:
-                    choices["ia3.on"] = [0, 1]
-            elif method == "lora_experts":
-                choices["lora_experts.size"] = resolve_sizes(mod.sizes, hidden)
+                    choices[f"{name}.on"] = [0, 1]
+            elif method.kind == "experts":
+                choices["lora_experts.size"] = resolve_sizes(mod.sizes, self.dims.hidden_size)
                 choices["lora_experts.top_k"] = sorted(mod.top_k)
                 if mod.per_layer:
                     for i in range(self.dims.num_layers):
                         choices[f"lora_experts.layer.{i}.experts"] = sorted(mod.experts)
                 else:
                     choices["lora_experts.experts"] = sorted(mod.experts)
+                choices["lora_experts.routing"] = self._variant_choices(mod, "routing")
             else:
-                choices[f"{method}.size"] = resolve_sizes(mod.sizes, hidden)
-                if method == "lora" and mod.choose_sites:
+                choices[f"{name}.size"] = self._sizes(name, mod)
+                if getattr(mod, "choose_sites", False):
                     for site in mod.sites:
-                        choices[f"lora.site.{site}"] = [0, 1]
+                        choices[f"{name}.site.{site}"] = [0, 1]
+                if name == "serial_adapter" and mod.styles():
+                    choices["serial_adapter.style"] = mod.styles()
+                choices[f"{name}.variant"] = self._variant_choices(mod, "variant")
             if self.spec.placement == "per_module":
-                for name in self._layer_switch_names(method):
-                    choices[name] = [0, 1]
+                for switch in self._layer_switch_names(name):
+                    choices[switch] = [0, 1]
         # A parameter with one choice is a constant, not a search dimension.
         return {name: vals for name, vals in choices.items() if len(vals) > 1}
 
@@ -211,13 +228,21 @@ class SearchSpace:
             return bool(self._value(params, f"{method}.layer.{layer}", [1]))
         return True
 
+    def _fixed_sites(self, name: str, mod: Any, params: Mapping[str, int]) -> list[str]:
+        if name == "serial_adapter":
+            styles = mod.styles()
+            if styles:
+                return list(STYLES[self._value(params, "serial_adapter.style", styles)])
+            return mod.fixed_sites()
+        if getattr(mod, "choose_sites", False):
+            return [s for s in mod.sites if self._value(params, f"{name}.site.{s}", [1])]
+        return list(mod.sites)
+
     def decode(self, params: Mapping[str, int]) -> PeftPlan:
         """Trial parameters (choice indices) -> the plan they describe."""
         unknown = set(params) - set(self.choices)
         if unknown:
             raise SpaceError(self.source, [(sorted(unknown)[0], "not a parameter of this space")])
-        m = self.spec.modules
-        hidden = self.dims.hidden_size
         layers: dict[int, list[ModuleSpec]] = {i: [] for i in range(self.dims.num_layers)}
 
         def place(method: str, specs: list[ModuleSpec]) -> None:
@@ -225,31 +250,31 @@ class SearchSpace:
                 if self._layer_on(params, method, i):
                     layers[i].extend(specs)
 
-        if m.lora is not None:
-            r = self._value(params, "lora.size", resolve_sizes(m.lora.sizes, hidden))
-            sites = [s for s in m.lora.sites if not m.lora.choose_sites or self._value(params, f"lora.site.{s}", [1])]
-            if r > 0:
-                place("lora", [ModuleSpec("lora", s, r, alpha=m.lora.alpha) for s in sites])
-        for method in ("serial_adapter", "parallel_adapter", "prefix"):
-            mod = getattr(m, method)
-            if mod is not None:
-                size = self._value(params, f"{method}.size", resolve_sizes(mod.sizes, hidden))
+        for name, method, mod in self._modules():
+            if method.kind == "switch":
+                if self._value(params, f"{name}.on", [1]):
+                    place(name, [ModuleSpec(name, s) for s in mod.sites])
+            elif method.kind == "experts":
+                r = self._value(params, "lora_experts.size", resolve_sizes(mod.sizes, self.dims.hidden_size))
+                k = self._value(params, "lora_experts.top_k", sorted(mod.top_k))
+                routing = self._value(params, "lora_experts.routing", self._variant_choices(mod, "routing"))
+                for i in range(self.dims.num_layers):
+                    count_name = f"lora_experts.layer.{i}.experts" if mod.per_layer else "lora_experts.experts"
+                    n = self._value(params, count_name, sorted(mod.experts))
+                    if n > 0 and self._layer_on(params, "lora_experts", i):
+                        layers[i].extend(
+                            ModuleSpec("lora_experts", s, r, alpha=mod.alpha, num_experts=n, top_k=min(k, n),
+                                       variant=routing)
+                            for s in mod.sites
+                        )
+            else:
+                size = self._value(params, f"{name}.size", self._sizes(name, mod))
+                variants = self._variant_choices(mod, "variant")
+                variant = self._value(params, f"{name}.variant", variants) if variants else None
+                alpha = getattr(mod, "alpha", None)
                 if size > 0:
-                    place(method, [ModuleSpec(method, s, size) for s in mod.sites])
-        if m.ia3 is not None and self._value(params, "ia3.on", [1]):
-            place("ia3", [ModuleSpec("ia3", s) for s in m.ia3.sites])
-        if m.lora_experts is not None:
-            ex = m.lora_experts
-            r = self._value(params, "lora_experts.size", resolve_sizes(ex.sizes, hidden))
-            k = self._value(params, "lora_experts.top_k", sorted(ex.top_k))
-            for i in range(self.dims.num_layers):
-                name = f"lora_experts.layer.{i}.experts" if ex.per_layer else "lora_experts.experts"
-                n = self._value(params, name, sorted(ex.experts))
-                if n > 0 and self._layer_on(params, "lora_experts", i):
-                    layers[i].extend(
-                        ModuleSpec("lora_experts", s, r, alpha=ex.alpha, num_experts=n, top_k=min(k, n))
-                        for s in ex.sites
-                    )
+                    sites = self._fixed_sites(name, mod, params)
+                    place(name, [ModuleSpec(name, s, size, alpha=alpha, variant=variant) for s in sites])
         return PeftPlan.from_modules(self.dims.num_layers, layers)
 
     def encode(self, plan: PeftPlan) -> dict[str, int]:
@@ -263,6 +288,9 @@ class SearchSpace:
         for i, mod in plan.modules():
             by_method.setdefault(mod.method, []).append((i, mod))
 
+        def unique(values: set[Any], absent: Any) -> Any:
+            return values.pop() if len(values) == 1 else (absent if not values else -1)
+
         values: dict[str, Any] = {}
         used_layers = {i for i, _ in plan.modules()}
         for i in range(self.dims.num_layers):
@@ -270,26 +298,35 @@ class SearchSpace:
             for method in METHODS:
                 entries = by_method.get(method, [])
                 values[f"{method}.layer.{i}"] = int(any(j == i for j, _ in entries) or not entries)
-        for method in ("lora", "serial_adapter", "parallel_adapter", "prefix"):
-            sizes = {m.size for _, m in by_method.get(method, [])}
-            values[f"{method}.size"] = sizes.pop() if len(sizes) == 1 else (0 if not sizes else -1)
-        lora_sites = {m.site for _, m in by_method.get("lora", [])}
-        for site in self.dims.sites:
-            values[f"lora.site.{site}"] = int(site in lora_sites or not lora_sites)
-        values["ia3.on"] = int("ia3" in by_method)
+        for name, method, mod in self._modules():
+            entries = by_method.get(name, [])
+            variants = self._variant_choices(mod, "routing" if method.kind == "experts" else "variant")
+            if variants:
+                key = "lora_experts.routing" if method.kind == "experts" else f"{name}.variant"
+                default = method.variants[0]
+                values[key] = unique({m.variant or default for _, m in entries}, variants[0])
+            if method.kind == "switch":
+                values[f"{name}.on"] = int(bool(entries))
+            elif method.kind == "sized":
+                values[f"{name}.size"] = unique({m.size for _, m in entries}, 0)
+                sites = {m.site for _, m in entries}
+                for site in self.dims.sites:
+                    values[f"{name}.site.{site}"] = int(site in sites or not sites)
+                if name == "serial_adapter" and mod.styles():
+                    by_sites = {tuple(v): k for k, v in STYLES.items()}
+                    values["serial_adapter.style"] = by_sites.get(tuple(sorted(sites)), mod.styles()[0]) \
+                        if sites else mod.styles()[0]
         experts = by_method.get("lora_experts", [])
         ex_space = self.spec.modules.lora_experts
-        ranks = {m.size for _, m in experts}
         if ex_space is not None:
-            values["lora_experts.size"] = ranks.pop() if len(ranks) == 1 else (
-                resolve_sizes(ex_space.sizes, self.dims.hidden_size)[0] if not ranks else -1
+            values["lora_experts.size"] = unique(
+                {m.size for _, m in experts}, resolve_sizes(ex_space.sizes, self.dims.hidden_size)[0]
             )
             values["lora_experts.top_k"] = max((m.top_k for _, m in experts), default=min(ex_space.top_k))
             counts = {i: m.num_experts for i, m in experts}
             for i in range(self.dims.num_layers):
                 values[f"lora_experts.layer.{i}.experts"] = counts.get(i, 0)
-            distinct = set(counts.values())
-            values["lora_experts.experts"] = distinct.pop() if len(distinct) == 1 else (0 if not distinct else -1)
+            values["lora_experts.experts"] = unique(set(counts.values()), 0)
 
         params: dict[str, int] = {}
         for name, vals in self.choices.items():

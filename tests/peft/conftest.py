@@ -18,7 +18,8 @@ from transformers import (
     LlamaForSequenceClassification,
 )
 
-from autopeft.plan import METHODS, ModuleSpec, PeftPlan
+from autopeft.peft.methods import REGISTRY
+from autopeft.plan import ModuleSpec, PeftPlan
 
 NUM_LAYERS = 2
 BERT_KW = dict(hidden_size=32, num_hidden_layers=NUM_LAYERS, num_attention_heads=4, intermediate_size=64,
@@ -48,27 +49,41 @@ def tiny_config(kind: str):
     return config_cls(**kw)
 
 
-#: one representative placement per method, on both layers (several sites where the method allows)
+#: THE shared method test table: one row per method and variant (one representative placement, put on both
+#: layers). Tests parametrised over ``plan_name`` run every generic check (forward shape, gradients, exact parameter
+#: count, save/load, merge, seeding) on every row; a new method adds its row here.
 METHOD_MODULES: dict[str, tuple[ModuleSpec, ...]] = {
     "lora": (ModuleSpec("lora", "q", 4), ModuleSpec("lora", "v", 4, alpha=8.0)),
+    "lora_rslora": (ModuleSpec("lora", "q", 4, variant="rslora"), ModuleSpec("lora", "down", 2, variant="rslora")),
+    "lora_dora": (ModuleSpec("lora", "v", 4, variant="dora"), ModuleSpec("lora", "up", 2, alpha=3.0, variant="dora")),
     "lora_experts": (ModuleSpec("lora_experts", "v", 2, num_experts=3, top_k=2),
                      ModuleSpec("lora_experts", "up", 2, num_experts=4, top_k=1)),
+    "lora_experts_dynmole": (ModuleSpec("lora_experts", "q", 2, num_experts=4, top_k=1, variant="dynmole"),
+                             ModuleSpec("lora_experts", "down", 2, num_experts=3, top_k=2, variant="dynmole")),
     "ia3": (ModuleSpec("ia3", "k"), ModuleSpec("ia3", "v"), ModuleSpec("ia3", "down")),
-    "serial_adapter": (ModuleSpec("serial_adapter", "attn", 8), ModuleSpec("serial_adapter", "ffn", 8)),
+    "ssf": (ModuleSpec("ssf", "q"), ModuleSpec("ssf", "o"), ModuleSpec("ssf", "down")),
+    "serial_adapter": (ModuleSpec("serial_adapter", "attn", 8), ModuleSpec("serial_adapter", "ffn", 8)),  # Houlsby
+    "serial_adapter_pfeiffer": (ModuleSpec("serial_adapter", "ffn", 8),),
     "parallel_adapter": (ModuleSpec("parallel_adapter", "attn", 8), ModuleSpec("parallel_adapter", "ffn", 8)),
     "prefix": (ModuleSpec("prefix", "attn", 3),),
+    "prefix_mlp": (ModuleSpec("prefix", "attn", 3, variant="mlp"),),
+    "compacter": (ModuleSpec("compacter", "attn", 8), ModuleSpec("compacter", "ffn", 4)),
+    "hydra": (ModuleSpec("hydra", "q", 4), ModuleSpec("hydra", "down", 2, alpha=6.0)),
 }
-assert set(METHOD_MODULES) == set(METHODS), "add a placement for every method"
+_covered = {(m.method, m.variant) for row in METHOD_MODULES.values() for m in row}
+_wanted = {(name, v) for name, m in REGISTRY.items() for v in (None, *m.variants[1:])}
+assert _wanted <= _covered, f"add a row for every method and variant: missing {sorted(_wanted - _covered, key=str)}"
 
 #: several methods stacked on the same linears
 MIXED_MODULES = (
-    ModuleSpec("lora", "v", 4), ModuleSpec("ia3", "v"), ModuleSpec("lora_experts", "v", 2, num_experts=3, top_k=2),
-    ModuleSpec("ia3", "down"), ModuleSpec("lora", "down", 2),
-    ModuleSpec("serial_adapter", "ffn", 4), ModuleSpec("parallel_adapter", "ffn", 4),
+    ModuleSpec("lora", "v", 4, variant="dora"), ModuleSpec("ia3", "v"), ModuleSpec("hydra", "v", 2),
+    ModuleSpec("ssf", "v"), ModuleSpec("lora_experts", "v", 2, num_experts=3, top_k=2),
+    ModuleSpec("ia3", "down"), ModuleSpec("lora", "down", 2), ModuleSpec("ssf", "down"), ModuleSpec("hydra", "down", 2),
+    ModuleSpec("serial_adapter", "ffn", 4), ModuleSpec("parallel_adapter", "ffn", 4), ModuleSpec("compacter", "ffn", 4),
     ModuleSpec("parallel_adapter", "attn", 4), ModuleSpec("lora", "q", 2), ModuleSpec("prefix", "attn", 2),
 )
 
-PLAN_NAMES = (*METHODS, "mixed")
+PLAN_NAMES = (*METHOD_MODULES, "mixed")
 
 
 def make_plan(name: str, num_layers: int = NUM_LAYERS) -> PeftPlan:

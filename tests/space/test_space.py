@@ -108,3 +108,77 @@ def test_site_missing_from_model_is_an_error():
     with pytest.raises(SpaceError, match="gate"):
         SearchSpace(spec, DIMS)  # BERT has no gate projection
     SearchSpace(spec, LLAMA_DIMS)
+
+
+# ----------------------------------------------------------------- method knobs from the registry's units
+def test_every_registered_method_has_a_yaml_block():
+    from autopeft.peft.methods import REGISTRY
+    from autopeft.space.schema import ModulesSpace
+
+    assert set(ModulesSpace.model_fields) == set(REGISTRY)
+
+
+def test_lora_variant_searched_and_fixed():
+    searched = SearchSpace(parse_space("name: x\nmodules: {lora: {sizes: [0, 4], variant: [lora, rslora, dora]}}"), DIMS)
+    assert searched.choices["lora.variant"] == ["lora", "rslora", "dora"]
+    params = {"layer.%d" % i: 1 for i in range(6)} | {"lora.size": 1, "lora.variant": 2}
+    plan = searched.decode(params)
+    assert {m.variant for _, m in plan.modules()} == {"dora"}
+    assert searched.encode(plan) == params
+    plain = searched.decode(params | {"lora.variant": 0})
+    assert {m.variant for _, m in plain.modules()} == {None}  # the default variant is stored as None
+    fixed = SearchSpace(parse_space("name: x\nmodules: {lora: {sizes: [0, 4], variant: rslora}}"), DIMS)
+    assert "lora.variant" not in fixed.choices
+    assert {m.variant for _, m in fixed.decode({"layer.0": 1, **{f"layer.{i}": 0 for i in range(1, 6)}, "lora.size": 1}).modules()} == {"rslora"}
+
+
+def test_serial_adapter_style_places_pfeiffer_or_houlsby():
+    space = SearchSpace(parse_space("name: x\nplacement: all\nmodules: {serial_adapter: {sizes: [0, 8], style: [pfeiffer, houlsby]}}"), DIMS)
+    assert space.choices["serial_adapter.style"] == ["pfeiffer", "houlsby"]
+    pfeiffer = space.decode({"serial_adapter.size": 1, "serial_adapter.style": 0})
+    houlsby = space.decode({"serial_adapter.size": 1, "serial_adapter.style": 1})
+    assert {m.site for _, m in pfeiffer.modules()} == {"ffn"}
+    assert {m.site for _, m in houlsby.modules()} == {"attn", "ffn"}
+    assert space.encode(houlsby) == {"serial_adapter.size": 1, "serial_adapter.style": 1}
+
+
+def test_experts_routing_and_prefix_variant_and_new_modules_round_trip():
+    text = """name: x
+placement: per_module
+modules:
+  lora_experts: {sizes: [2], experts: [0, 2, 4], top_k: [1, 2], routing: [topk, dynmole], sites: [q]}
+  prefix: {sizes: [0, 4], variant: [direct, mlp]}
+  ssf: {sites: [q, down]}
+  compacter: {sizes: log2_hidden}
+  hydra: {sizes: [0, 2, 4], sites: [q, v], choose_sites: true}
+"""
+    space = SearchSpace(parse_space(text), DIMS)
+    assert space.choices["compacter.size"] == [0, 12, 24, 48, 96, 192, 384]  # multiples of 4 from the log2 grid
+    for name in ("lora_experts.routing", "prefix.variant", "ssf.on", "hydra.site.q", "hydra.site.v"):
+        assert name in space.choices
+    rng = random.Random(5)
+    methods = set()
+    for _ in range(200):
+        plan = space.decode(space.sample(rng))
+        assert space.decode(space.encode(plan)) == plan
+        methods |= {(m.method, m.variant) for _, m in plan.modules()}
+    assert {("lora_experts", "dynmole"), ("lora_experts", None), ("prefix", "mlp"), ("ssf", None),
+            ("compacter", None), ("hydra", None)} <= methods
+
+
+NEW_BAD_CASES = [
+    ("name: x\nmodules: {lora: {sizes: [0, 8], variant: [lora, vera]}}", "modules.lora.variant", "no variant 'vera'"),
+    ("name: x\nmodules: {serial_adapter: {sizes: [0, 8], sites: [ffn], style: houlsby}}", "modules.serial_adapter", "not both"),
+    ("name: x\nmodules: {serial_adapter: {sizes: [0, 8], style: [sideways]}}", "modules.serial_adapter.style", "pfeiffer"),
+    ("name: x\nmodules: {compacter: {sizes: [0, 6]}}", "modules.compacter.sizes", "multiples of 4"),
+    ("name: x\nmodules: {lora_experts: {sizes: [2], experts: [2], routing: topp}}", "modules.lora_experts.routing", "dynmole"),
+    ("name: x\nmodules: {ssf: {sites: [attn]}}", "modules.ssf.sites", "allowed sites"),
+]
+
+
+@pytest.mark.parametrize("text,path,fragment", NEW_BAD_CASES)
+def test_bad_method_knobs_name_the_path(text, path, fragment):
+    with pytest.raises(SpaceError) as info:
+        parse_space(text, source="bad.yaml")
+    assert path in [p for p, _ in info.value.errors], info.value.errors
+    assert fragment in str(info.value)

@@ -5,6 +5,7 @@
 Liu et al. 2022, "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning"
 (T-Few), https://arxiv.org/abs/2205.05638. The vector starts at ones, so the model starts unchanged. As in HF
 peft, the feed-forward vector scales the *input* of the down projection (the FFN's intermediate activation).
+Merge: the scale folds into the frozen weight (see AdaptedLinear.merge_).
 """
 
 from __future__ import annotations
@@ -25,3 +26,11 @@ class IA3Scale(nn.Module):
 
     def extra_repr(self) -> str:
         return f"features={self.scale.numel()}"
+
+
+def inject(ctx, spec) -> None:
+    lin = ctx.linear(spec.site)
+    if spec.site == "down":
+        lin.ia3_in = ctx.place(IA3Scale(lin.in_features), lin)
+    else:
+        lin.ia3_out = ctx.place(IA3Scale(lin.out_features), lin)

@@ -1,9 +1,10 @@
-"""LoRA: a trainable low-rank update next to a frozen linear.
+"""LoRA (and rsLoRA, which differs only in its scale): a trainable low-rank update next to a frozen linear.
 
-    y = W x + b + (alpha / r) * B (A x)
+    y = W x + b + s * B (A x),   s = alpha / r (rsLoRA: alpha / sqrt(r); the scale comes from the plan)
 
 Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", https://arxiv.org/abs/2106.09685.
 A is kaiming-uniform (a = sqrt(5), as in HF peft), B is zero, so the update starts at exactly 0. No dropout.
+DoRA's magnitude/direction split lives in :mod:`autopeft.peft.modules.dora`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from autopeft.peft.modules._init import linear_init_
 
 
 class LoRA(nn.Module):
-    """The low-rank branch only: returns ``scaling * B(A x)``; :class:`AdaptedLinear` adds it to ``W x + b``."""
+    """The low-rank branch: :meth:`combine` adds ``scaling * B(A x)`` to the frozen linear's output."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, scaling: float,
                  generator: torch.Generator | None = None):
@@ -30,5 +31,27 @@ class LoRA(nn.Module):
         h = F.linear(x, self.lora_A)  # (..., r)
         return F.linear(h, self.lora_B) * self.scaling  # (..., out)
 
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
+
+    def combine(self, y: torch.Tensor, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
+        """``y`` = the frozen linear's output (bias included), ``x`` = the linear's unscaled input."""
+        return y + self(x)
+
+    def merge_weight(self, weight: torch.Tensor, base: nn.Linear) -> torch.Tensor:
+        """The (out, in) weight that computes ``combine`` when ``weight`` is the frozen linear's effective weight."""
+        return weight + self.delta_weight()
+
     def extra_repr(self) -> str:
         return f"in={self.lora_A.shape[1]}, out={self.lora_B.shape[0]}, r={self.rank}, scaling={self.scaling:g}"
+
+
+def inject(ctx, spec) -> None:
+    lin = ctx.linear(spec.site)
+    if spec.variant == "dora":
+        from autopeft.peft.modules.dora import DoRA
+
+        module: LoRA = DoRA(lin.base_layer, spec.size, spec.scaling, ctx.generator)
+    else:
+        module = LoRA(lin.in_features, lin.out_features, spec.size, spec.scaling, ctx.generator)
+    lin.lora = ctx.place(module, lin)

@@ -58,11 +58,20 @@ class LoRAExperts(nn.Module):
         p = probs.mean(0)  # (E,), differentiable: this is what trains the router
         return e * (f * p).sum()
 
+    def routing_loss(self, probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """The auxiliary loss stored after each forward (top-k routing: the load-balancing loss)."""
+        return self.load_balancing_loss(probs, chosen)
+
+    @torch.no_grad()
+    def scale_output_(self, scale: torch.Tensor) -> None:
+        """Multiply the branch's output features by ``scale`` (out,) -- used when a later scale is merged."""
+        self.lora_B.mul_(scale.to(self.lora_B.dtype)[None, :, None])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (N, in)
-        gates, probs, top_i = self.route(x)
-        self.aux_loss = self.load_balancing_loss(probs, top_i)
+        gates, probs, chosen = self.route(x)
+        self.aux_loss = self.routing_loss(probs, chosen)
         E, r = self.num_experts, self.rank
         h = F.linear(x, self.lora_A.reshape(E * r, -1))  # (N, E*r): A_e x for every expert at once
         h = (h.view(-1, E, r) * gates.to(h.dtype).unsqueeze(-1)).reshape(-1, E * r)  # (N, E*r), g_e A_e x
@@ -74,3 +83,14 @@ class LoRAExperts(nn.Module):
         _, out, _ = self.lora_B.shape
         return (f"in={self.router.in_features}, out={out}, r={self.rank}, experts={self.num_experts}, "
                 f"top_k={self.top_k}, scaling={self.scaling:g}")
+
+
+def inject(ctx, spec) -> None:
+    lin = ctx.linear(spec.site)
+    if spec.variant == "dynmole":
+        from autopeft.peft.modules.dynmole import DynMoLEExperts as cls
+    else:
+        cls = LoRAExperts
+    experts = cls(lin.in_features, lin.out_features, spec.size, spec.num_experts, spec.top_k, spec.scaling,
+                  ctx.generator)
+    lin.experts = ctx.place(experts, lin)

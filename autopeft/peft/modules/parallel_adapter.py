@@ -51,3 +51,12 @@ class ParallelAdapter(Bottleneck):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:g}"
+
+
+def inject(ctx, spec) -> None:
+    from autopeft.peft.methods import ENTRY_LINEAR, EXIT_LINEAR
+
+    exit_ = ctx.linear(EXIT_LINEAR[spec.site])
+    entry = ctx.linear(ENTRY_LINEAR[spec.site])
+    exit_.parallel = ctx.place(ParallelAdapter(entry.in_features, spec.size, exit_.out_features, ctx.generator), exit_)
+    entry.stashes.append(exit_.parallel.stash)

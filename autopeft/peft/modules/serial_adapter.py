@@ -19,3 +19,10 @@ class SerialAdapter(Bottleneck):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h + super().forward(h)  # (..., C)
+
+
+def inject(ctx, spec) -> None:
+    from autopeft.peft.methods import EXIT_LINEAR
+
+    exit_ = ctx.linear(EXIT_LINEAR[spec.site])
+    exit_.serial = ctx.place(SerialAdapter(exit_.out_features, spec.size, ctx.generator), exit_)
