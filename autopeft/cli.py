@@ -214,14 +214,16 @@ def study_show(
 @app.command()
 def export(
     name: str = typer.Argument(..., help="Study name."),
-    output: Path = typer.Option(..., "-o", "--output", help="YAML file to write."),
+    output: Path = typer.Option(..., "-o", "--output", help="YAML file to write (--format peft: a folder)."),
     trial: Optional[int] = typer.Option(None, "--trial", help="Trial number to export."),
     max_params: Optional[str] = typer.Option(None, "--max-params", help="Best score within this trainable budget, e.g. 1%."),
     storage: Optional[str] = StorageOpt,
+    fmt: str = typer.Option("yaml", "--format", help="yaml (plan + weights beside it) or peft (adapter_config.json + adapter_model.safetensors)."),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Folder of stored trial weights [env AUTOPEFT_ARTIFACTS; default beside a SQLite file]."),
 ) -> None:
-    """Write a trial's plan (with its study, fidelity and metrics) as YAML."""
+    """Write a trial's plan (with its study, fidelity and metrics) as YAML, or in Hugging Face peft's format."""
     from autopeft.analysis import parse_budget, select_trial
-    from autopeft.export import plan_document, write_plan
+    from autopeft.export import export_trial
     from autopeft.study.storage import open_storage
     from autopeft.study.study import load
 
@@ -231,11 +233,14 @@ def export(
         budget = parse_budget(max_params) if max_params is not None else None
         st = load(open_storage(storage), name)
         chosen = select_trial(st, trial=trial, max_params_pct=budget)
-        path = write_plan(plan_document(st, chosen), output)
+        result = export_trial(st, chosen, output, fmt, artifacts=artifacts)
     except AutopeftError as exc:
         _fail(exc)
+    for note in result.notes:
+        err_console.print(f"note: {note}", highlight=False, markup=False)
     m = chosen.user_attrs.get("metrics", {})
-    console.print(f"wrote {path}: trial {chosen.number}, score {m.get('score', float('nan')):.4f}, "
+    console.print(f"wrote {', '.join(map(str, result.paths))} ({result.format}): trial {chosen.number}, "
+                  f"score {m.get('score', float('nan')):.4f}, "
                   f"{m.get('trainable_pct', float('nan')):.4f}% trainable · {chosen.user_attrs.get('plan_summary', '')}",
                   highlight=False)
 
@@ -264,7 +269,9 @@ def apply(
         from autopeft.proxy.tasks import load_task
 
         net, _ = load_classifier(fid.model, len(load_task(fid.task, seed=fid.seed).label_names))
-        apply_plan(net, plan, seed=fid.seed)
+        from autopeft.export import apply_plan_file
+
+        apply_plan_file(net, plan_file, seed=fid.seed)  # with the trained weights when exported beside the plan
     except AutopeftError as exc:
         _fail(exc)
     trainable, total = count_parameters(net)
@@ -304,6 +311,50 @@ def space_list() -> None:
 
     for name, path in presets().items():
         console.print(f"{name:10s} {load_space(path).description}", highlight=False)
+
+
+artifacts_app = typer.Typer(help="Stored trial weights: disk use and pruning.", no_args_is_help=True)
+app.add_typer(artifacts_app, name="artifacts")
+ArtifactsOpt = typer.Option(None, "--artifacts", help="Folder of stored trial weights [env AUTOPEFT_ARTIFACTS; default beside a SQLite file].")
+
+
+@artifacts_app.command("du")
+def artifacts_du(name: str = typer.Argument(..., help="Study name."), storage: Optional[str] = StorageOpt,
+                 artifacts: Optional[Path] = ArtifactsOpt) -> None:
+    """Disk use of the stored weights, per trial."""
+    from autopeft.artifacts import artifact_dir, artifact_usage
+    from autopeft.study.storage import open_storage
+    from autopeft.study.study import load
+
+    try:
+        st = load(open_storage(storage), name)
+        rows = artifact_usage(st, artifacts)
+    except AutopeftError as exc:
+        _fail(exc)
+    table = Table(title=f"stored weights of {name} in {artifact_dir(st.storage.url, artifacts)}", title_justify="left")
+    for col, justify in (("trial", "right"), ("bytes", "right"), ("stored", "left"), ("pareto", "left")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        table.add_row(str(r.trial), f"{r.bytes:,}", "yes" if r.present else "pruned", "yes" if r.pareto else "")
+    console.print(table)
+    kept = [r for r in rows if r.present]
+    console.print(f"{len(kept)} trials stored, {sum(r.bytes for r in kept):,} bytes", highlight=False)
+
+
+@artifacts_app.command("prune")
+def artifacts_prune(name: str = typer.Argument(..., help="Study name."), storage: Optional[str] = StorageOpt,
+                    keep: str = typer.Option("pareto", "--keep", help="pareto (keep the front's weights) or none."),
+                    artifacts: Optional[Path] = ArtifactsOpt) -> None:
+    """Delete stored weights of trials off the Pareto front."""
+    from autopeft.artifacts import prune_artifacts
+    from autopeft.study.storage import open_storage
+    from autopeft.study.study import load
+
+    try:
+        removed, freed = prune_artifacts(load(open_storage(storage), name), keep, artifacts)
+    except AutopeftError as exc:
+        _fail(exc)
+    console.print(f"removed {removed} stored weight files, {freed:,} bytes freed (kept: {keep})", highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ import os
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Callable, Sequence
 
 import torch
@@ -43,9 +43,12 @@ class TrialMetrics:
     peak_memory: float  # MiB: CUDA peak allocated, or peak RSS growth of the process on CPU
     train_loss: float  # mean loss over the last 10 % of steps
     wall_time: float  # seconds for the whole trial
+    # The trained tensors (PEFT modules and head, on CPU), for the worker to store as the trial's artifact.
+    # Not a metric: left out of to_dict (which goes into the database) and of comparisons.
+    adapter_state: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "adapter_state"}
 
     def objective(self, name: str) -> float:
         return float(getattr(self, name))
@@ -204,7 +207,7 @@ class ProxyTrainer:
 
     def run(self, plan: PeftPlan, on_step: Callable[[int, float], None] | None = None) -> TrialMetrics:
         """Train ``plan`` and return its metrics; raises :class:`TrialFailed` on a non-finite loss."""
-        from autopeft.peft import auxiliary_loss, count_parameters, plan_parameter_count
+        from autopeft.peft import adapter_state_dict, auxiliary_loss, count_parameters, plan_parameter_count
 
         f = self.fidelity
         t0 = time.perf_counter()
@@ -259,4 +262,5 @@ class ProxyTrainer:
             peak_memory=mem.peak_mb,
             train_loss=sum(tail) / len(tail),
             wall_time=time.perf_counter() - t0,
+            adapter_state={name: t.to("cpu") for name, t in adapter_state_dict(model).items()},
         )

@@ -285,6 +285,9 @@ def run_one(study: AutopeftStudy, evaluator: Evaluator, trial: optuna.Trial | No
 
         _finish(study, "failure", trial, fail, deadline)
         return with_retries(lambda: study.storage.get_trial(trial._trial_id), "reading a trial", deadline=deadline)
+    from autopeft.artifacts import save_trial_artifact  # trained weights as the trial's artifact; never raises
+
+    save_trial_artifact(study, trial, metrics)
     _finish(study, "result", trial, lambda: record_result(study, trial, metrics), deadline)
     return with_retries(lambda: study.storage.get_trial(trial._trial_id), "reading a trial", deadline=deadline)
 
