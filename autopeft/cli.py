@@ -357,5 +357,34 @@ def artifacts_prune(name: str = typer.Argument(..., help="Study name."), storage
     console.print(f"removed {removed} stored weight files, {freed:,} bytes freed (kept: {keep})", highlight=False)
 
 
+@app.command()
+def dashboard(
+    storage: Optional[str] = StorageOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on; 0.0.0.0 lets other machines in (no login: the page is read-only)."),
+    port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port to serve on."),
+) -> None:
+    """Open the read-only Streamlit dashboard (Pareto front, progress, trials, plans, export) on a study database."""
+    import importlib.util
+    import os
+    import subprocess
+
+    from autopeft.study.storage import STORAGE_ENV, redact, storage_url
+
+    missing = [m for m in ("streamlit", "plotly", "pandas") if importlib.util.find_spec(m) is None]
+    if missing:
+        _fail(AutopeftError(f"dashboard: {', '.join(missing)} not installed; pip install 'autopeft[dashboard]'"))
+    app_path = Path(__file__).parent / "dashboard" / "app.py"  # the page ships inside the package
+    url = storage_url(storage)
+    command = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", host,
+               "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    console.print(f"dashboard on http://{host}:{port} · {redact(url)} (read-only) · Ctrl-C stops it", highlight=False)
+    # The URL travels in the environment, not on the command line, so a password never shows in `ps`.
+    try:
+        code = subprocess.call(command, env={**os.environ, STORAGE_ENV: url})
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
