@@ -71,7 +71,7 @@ def run(
     task: Optional[str] = typer.Option(None, "--task", help="rotten_tomatoes (default), bbc_news, a CSV/JSONL file or hf:<dataset>."),
     model: Optional[str] = typer.Option(None, "--model", help="minilm (packaged, default), a hub id or a local path."),
     trials: int = typer.Option(12, "--trials", min=1, help="Total COMPLETE trials the study should hold."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Worker processes on this machine."),
+    workers: int = typer.Option(2, "--workers", min=0, help="Worker processes on this machine; 0 creates (or checks) the study for `autopeft propose` and remote workers, and exits."),
     sampler: str = typer.Option("botorch", "--sampler", help="botorch (qLogNEHVI), random, tpe or nsga2."),
     storage: Optional[str] = StorageOpt,
     study: Optional[str] = typer.Option(None, "--study", help="Study name [default: <space>-<task>-<model>]."),
@@ -82,6 +82,8 @@ def run(
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Max tokens per example [64]."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Peak learning rate [1e-3]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for data, init and sampler [0]."),
+    objective: Optional[str] = typer.Option(None, "--objective", help="proxy (train each plan, default) or synthetic (closed-form score, no training: tests the set-up)."),
+    trial_seconds: Optional[float] = typer.Option(None, "--trial-seconds", help="Synthetic objective: seconds each trial takes [0]."),
     startup_trials: int = typer.Option(8, "--startup-trials", min=1, help="Quasi-random trials before the GP proposes."),
     device: str = typer.Option("cpu", "--device", help="Torch device for training, e.g. cpu or cuda:0."),
 ) -> None:
@@ -93,7 +95,8 @@ def run(
 
     try:
         fid = _fidelity(task=task, model=model, steps=steps, batch_size=batch_size, train_examples=train_examples,
-                        eval_examples=eval_examples, max_length=max_length, learning_rate=learning_rate, seed=seed)
+                        eval_examples=eval_examples, max_length=max_length, learning_rate=learning_rate, seed=seed,
+                        objective=objective, trial_seconds=trial_seconds)
         st, created = prepare_study(space, fid, storage=storage, study_name=study, sampler=sampler)
     except AutopeftError as exc:
         _fail(exc)
@@ -101,6 +104,10 @@ def run(
     console.print(f"study [bold]{st.name}[/] ({verb}) in {redact(st.storage.url)}", highlight=False)
     console.print(f"space {st.space.spec.name}: {len(st.space.choices)} parameters, "
                   f"{st.space.cardinality():.3g} configurations · {fid.describe()}", highlight=False)
+    if workers == 0:
+        console.print(f"study ready; serve it with: autopeft propose --study {st.name} and autopeft worker --study {st.name}",
+                      highlight=False)
+        return
     with Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[extra]}"),
                   TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("trials", total=trials, extra="")
@@ -114,7 +121,26 @@ def run(
         except KeyboardInterrupt:
             err_console.print("interrupted: running trials were handed back; run the same command to resume")
             raise typer.Exit(130)
+        except AutopeftError as exc:
+            _fail(exc)
     print_pareto(st)
+
+
+HeartbeatOpt = typer.Option(10, "--heartbeat-interval", min=1, help="Seconds between a running trial's heartbeats.")
+GraceOpt = typer.Option(120, "--grace-period", min=1, help="Seconds without a heartbeat before a trial counts as dead and is re-queued.")
+MaxRetryOpt = typer.Option(2, "--max-retry", min=0, help="Re-queues of a trial whose worker died; after that it stays FAIL.")
+OutageOpt = typer.Option(600.0, "--outage-deadline", min=1, help="Seconds to wait for an unreachable database before giving up.")
+
+
+def _install_stop_signals(stop) -> None:
+    import signal
+
+    def handler(signum, frame):
+        err_console.print(f"{signal.Signals(signum).name}: finishing the current step, then exiting", highlight=False)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 @app.command()
@@ -122,47 +148,94 @@ def worker(
     study: str = typer.Option(..., "--study", help="Study to work on."),
     storage: Optional[str] = StorageOpt,
     trials: Optional[int] = typer.Option(None, "--trials", help="Stop when the study holds this many COMPLETE trials."),
-    max_trials: Optional[int] = typer.Option(None, "--max-trials", help="Stop after this worker ran this many trials."),
-    sampler: str = typer.Option("botorch", "--sampler", help="Sampler used when no proposed trial is waiting."),
+    max_trials: Optional[int] = typer.Option(None, "--max-trials", min=1, help="Stop after this worker ran this many trials."),
+    idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", min=0, help="Stop after waiting this many seconds for a trial."),
+    sampler: str = typer.Option("botorch", "--sampler", help="Sampler used when no proposer serves the study and nothing is queued."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda:1."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch CPU threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch CPU threads."),
+    heartbeat_interval: int = HeartbeatOpt,
+    grace_period: int = GraceOpt,
+    max_retry: int = MaxRetryOpt,
+    outage_deadline: float = OutageOpt,
 ) -> None:
-    """Claim and train trials of an existing study (one at a time)."""
+    """Claim and train trials of an existing study, one at a time, until told to stop.
+
+    SIGTERM or Ctrl-C hands the running trial back to the queue and exits 0.
+    """
     from autopeft.study.runner import WorkerSpec, worker_main
     from autopeft.study.storage import storage_url
 
     try:
-        n = worker_main(WorkerSpec(storage_url(storage), study, sampler=sampler, n_trials=trials,
-                                   max_trials=max_trials, device=device, threads=threads))
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise AutopeftError(f"--device: {device!r} asked, but torch sees no CUDA device; use --device cpu "
+                                    "or install a CUDA build of torch")
+        stats = worker_main(WorkerSpec(storage_url(storage), study, sampler=sampler, n_trials=trials,
+                                       max_trials=max_trials, device=device, threads=threads,
+                                       idle_timeout=idle_timeout, heartbeat_interval=heartbeat_interval,
+                                       grace_period=grace_period, max_retry=max_retry,
+                                       outage_deadline=outage_deadline))
     except AutopeftError as exc:
         _fail(exc)
-    console.print(f"worker finished {n} trial(s)")
+    console.print(f"worker finished: {stats.completed} complete, {stats.failed} failed; {stats.exit_reason}",
+                  highlight=False)
 
 
 @app.command()
 def propose(
     study: str = typer.Option(..., "--study", help="Study to propose for."),
     storage: Optional[str] = StorageOpt,
-    n: int = typer.Option(1, "--n", min=1, help="Number of proposals to queue."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="Queue exactly N proposals and exit (instead of serving)."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Exit when the study holds N COMPLETE trials; never queue past N."),
+    queue_depth: Optional[int] = typer.Option(None, "--queue-depth", min=1, help="WAITING trials to keep queued [one per live worker plus one]."),
+    max_batch: int = typer.Option(8, "--max-batch", min=1, help="Most proposals sampled as one pending-aware batch."),
+    poll: float = typer.Option(1.0, "--poll", min=0.05, help="Seconds between queue checks."),
     sampler: str = typer.Option("botorch", "--sampler", help="botorch (qLogNEHVI), random, tpe or nsga2."),
     startup_trials: int = typer.Option(8, "--startup-trials", min=1, help="Quasi-random trials before the GP proposes."),
+    heartbeat_interval: int = HeartbeatOpt,
+    grace_period: int = GraceOpt,
+    max_retry: int = MaxRetryOpt,
+    outage_deadline: float = OutageOpt,
 ) -> None:
-    """Queue N proposed trials (WAITING) for workers to claim."""
+    """Serve a study: keep WAITING trials queued ahead of the live workers (or queue --n once).
+
+    Exits on SIGTERM/SIGINT (after the batch in progress) or when the study holds --trials COMPLETE trials.
+    """
+    import threading
+
     from autopeft.optimize.samplers import make_sampler
-    from autopeft.study.storage import open_storage
+    from autopeft.study.presence import Presence
+    from autopeft.study.proposer import run_proposer
+    from autopeft.study.runner import quiet_libraries
+    from autopeft.study.storage import open_storage, redact
     from autopeft.study.study import load
     from autopeft.study.worker import propose as do_propose
 
     try:
-        store = open_storage(storage)
+        store = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry)
         seed = load(store, study).fidelity.seed  # the study's seed drives its sampler too
         st = load(store, study, sampler=make_sampler(sampler, seed=seed, n_startup_trials=startup_trials))
-        numbers = do_propose(st, n)
     except AutopeftError as exc:
         _fail(exc)
-    for num in numbers:
-        trial = next(t for t in st.trials() if t.number == num)
-        console.print(f"queued trial {num}: {st.space.decode({k: int(v) for k, v in trial.params.items()}).summary()}", highlight=False)
+    quiet_libraries()
+    if n is not None:
+        for num in do_propose(st, n):
+            trial = next(t for t in st.trials() if t.number == num)
+            console.print(f"queued trial {num}: {st.space.decode({k: int(v) for k, v in trial.params.items()}).summary()}",
+                          highlight=False)
+        return
+    stop = threading.Event()
+    _install_stop_signals(stop)
+    presence = Presence(st, "proposer")
+    depth = f"{queue_depth}" if queue_depth else "live workers + 1"
+    console.print(f"proposing for {st.name} in {redact(st.storage.url)} · queue depth {depth}"
+                  + (f" · until {trials} complete" if trials else ""), highlight=False)
+    stats = run_proposer(st, n_trials=trials, queue_depth=queue_depth, max_batch=max_batch, poll_seconds=poll,
+                         presence=presence, stop=stop, deadline=outage_deadline)
+    console.print(f"proposer finished: {len(stats.proposed)} trials queued in {stats.batches} batches; {stats.exit_reason}",
+                  highlight=False)
 
 
 @study_app.command("list")
@@ -209,6 +282,50 @@ def study_show(
             table.add_row(str(r.number), r.state, _fmt(r.score, ".4f"), _fmt(r.trainable_pct, ".4f"),
                           r.fail_reason if r.state == "FAIL" else r.summary)
         console.print(table)
+
+
+@study_app.command("status")
+def study_status_cmd(
+    name: str = typer.Argument(..., help="Study name."),
+    storage: Optional[str] = StorageOpt,
+    failures: int = typer.Option(10, "--failures", min=0, help="Most recent failures to list."),
+) -> None:
+    """Live workers and proposers, trials per state, throughput, and failures with their reasons."""
+    import time
+
+    from autopeft.study.status import study_status
+    from autopeft.study.storage import open_storage, redact
+    from autopeft.study.study import load
+
+    try:
+        st = load(open_storage(storage), name)
+    except AutopeftError as exc:
+        _fail(exc)
+    s = study_status(st)
+    now = time.time()
+    c = s.counts
+    console.print(f"study [bold]{s.name}[/] in {redact(st.storage.url)} · fidelity: {st.fidelity.describe()}", highlight=False)
+    console.print(f"trials: {c['COMPLETE']} complete, {c['RUNNING']} running, {c['WAITING']} waiting, {c['FAIL']} failed",
+                  highlight=False)
+    rate = f"{s.trials_per_hour:.1f} trials/h over the run" if s.trials_per_hour else "no completed trials yet"
+    mean = f", {s.mean_trial_seconds:.1f} s per trial" if s.mean_trial_seconds is not None else ""
+    console.print(f"throughput: {s.completed_last_hour} completed in the last hour; {rate}{mean}", highlight=False)
+    table = Table(title=f"{len(s.workers)} live worker(s), {len(s.proposers)} proposer(s)", title_justify="left")
+    for col in ("role", "id", "device", "state", "trial", "last seen"):
+        table.add_column(col)
+    for p in s.proposers + s.workers:
+        table.add_row(p.role, p.worker_id, p.device, p.state, "-" if p.trial_number is None else str(p.trial_number),
+                      f"{p.age(now):.0f} s ago")
+    console.print(table)
+    if s.gone:
+        console.print(f"{len(s.gone)} earlier process(es) stopped or went silent", highlight=False)
+    if s.failures and failures:
+        ftable = Table(title=f"failures (newest {min(failures, len(s.failures))} of {len(s.failures)})", title_justify="left")
+        for col in ("trial", "attempt", "re-queued as", "reason"):
+            ftable.add_column(col)
+        for f in s.failures[:failures]:
+            ftable.add_row(str(f.number), str(f.attempt), "-" if f.requeued_as is None else str(f.requeued_as), f.reason)
+        console.print(ftable)
 
 
 @app.command()

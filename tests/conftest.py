@@ -32,3 +32,12 @@ def storage_url(request, tmp_path) -> str:
 def study_name() -> str:
     """Unique per test, so tests can share one PostgreSQL database."""
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The test PostgreSQL server (skipped locally without one; required under CI)."""
+    url = _postgres_url()
+    if url is None:
+        pytest.skip(f"set {POSTGRES_ENV} to run against PostgreSQL (.ci/run does)")
+    return url

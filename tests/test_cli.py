@@ -1,5 +1,6 @@
 """End-to-end: the real CLI in subprocesses, against a real SQLite file, training the packaged MiniLM."""
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -7,12 +8,14 @@ import sys
 import pytest
 import yaml
 
+ENV = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
+       **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}}
 TINY = ["--steps", "3", "--train-examples", "32", "--eval-examples", "16", "--batch-size", "8", "--max-length", "32"]
 
 
 def cli(*args, cwd=None, check=True):
     proc = subprocess.run([sys.executable, "-m", "autopeft", *args], capture_output=True, text=True, cwd=cwd,
-                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}, timeout=900)
+                          env=ENV, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"autopeft {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -53,7 +56,7 @@ def test_run_resume_show_export_apply(tmp_path):
     queued = cli("propose", "--study", "s1", "--n", "1", "--sampler", "random", *store).stdout
     number = int(queued.split("queued trial ")[1].split(":")[0])
     assert dict(trial_rows(db))[number] == "WAITING"
-    assert "finished 1 trial" in cli("worker", "--study", "s1", "--max-trials", "1", *store).stdout
+    assert "worker finished: 1 complete" in cli("worker", "--study", "s1", "--max-trials", "1", *store).stdout
     assert dict(trial_rows(db))[number] == "COMPLETE"
 
     one = tmp_path / "one.yaml"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -32,6 +32,10 @@ class Fidelity(BaseModel):
     weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay.")
     aux_loss_weight: float = Field(0.01, ge=0, description="Weight of the experts' load-balancing loss.")
     seed: int = Field(0, ge=0, description="Seed for data order, module init and dropout.")
+    objective: Literal["proxy", "synthetic"] = Field(
+        "proxy", description="'proxy' trains the plan; 'synthetic' scores it with a cheap closed-form function "
+        "(no training) to exercise workers, queue and storage.")
+    trial_seconds: float = Field(0.0, ge=0, le=86400, description="Synthetic objective only: seconds each trial takes.")
 
     @classmethod
     def build(cls, values: Mapping[str, Any]) -> "Fidelity":
@@ -47,6 +51,8 @@ class Fidelity(BaseModel):
             raise StudyError("invalid fidelity:\n  " + "\n  ".join(lines)) from None
 
     def describe(self) -> str:
+        if self.objective == "synthetic":
+            return f"synthetic objective on the {self.model} shape, {self.trial_seconds:g} s per trial"
         return (
             f"{self.model} on {self.task}: {self.steps} steps x {self.batch_size}, "
             f"{self.train_examples} train / {self.eval_examples} eval examples, max {self.max_length} tokens"

@@ -11,8 +11,10 @@ from typing import Callable
 
 from optuna.trial import TrialState
 
+from autopeft.errors import StudyError
 from autopeft.proxy.fidelity import Fidelity
-from autopeft.study.storage import open_storage
+from autopeft.study.retry import DEFAULT_OUTAGE_DEADLINE
+from autopeft.study.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, MAX_RETRY, open_storage
 from autopeft.study.study import AutopeftStudy, create_or_load, default_study_name, load
 
 
@@ -29,6 +31,11 @@ class WorkerSpec:
     device: str = "cpu"
     threads: int | None = None
     n_startup_trials: int = 8
+    idle_timeout: float | None = None
+    heartbeat_interval: int = HEARTBEAT_INTERVAL
+    grace_period: int = GRACE_PERIOD
+    max_retry: int = MAX_RETRY
+    outage_deadline: float = DEFAULT_OUTAGE_DEADLINE
 
 
 def prepare_study(
@@ -50,7 +57,8 @@ def prepare_study(
 
     spec = load_space(space)
     dims = model_dims(load_config(fidelity.model))
-    load_task(fidelity.task, seed=fidelity.seed)
+    if fidelity.objective == "proxy":
+        load_task(fidelity.task, seed=fidelity.seed)
     make_sampler(sampler, seed=fidelity.seed)
     name = study_name or default_study_name(spec, fidelity)
     return create_or_load(open_storage(storage), name, spec, dims, fidelity)
@@ -77,26 +85,41 @@ def _raise_interrupt(signum, frame):  # SIGTERM -> the same clean hand-back as C
     raise KeyboardInterrupt
 
 
-def worker_main(spec: WorkerSpec, evaluator_factory: Callable | None = None) -> int:
-    """Entry point of one worker process; returns the number of trials it finished."""
+def worker_main(spec: WorkerSpec, evaluator_factory: Callable | None = None):
+    """Entry point of one worker process; returns its :class:`~autopeft.study.worker.WorkerStats`.
+
+    SIGTERM hands the running trial back (re-queued) and returns normally, like Ctrl-C.
+    """
     import torch
 
     from autopeft.optimize.samplers import make_sampler
-    from autopeft.proxy.train import ProxyTrainer
-    from autopeft.study.worker import run_worker
+    from autopeft.proxy.synthetic import make_evaluator
+    from autopeft.study.presence import Presence
+    from autopeft.study.worker import WorkerStats, run_worker
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     quiet_libraries()
     if spec.threads:
         torch.set_num_threads(spec.threads)
     sampler = make_sampler(spec.sampler, seed=spec.seed, n_startup_trials=spec.n_startup_trials)
-    study = load(open_storage(spec.storage), spec.study, sampler=sampler)
-    evaluator = evaluator_factory(study) if evaluator_factory else ProxyTrainer(study.fidelity, spec.device)
+    storage = open_storage(spec.storage, heartbeat_interval=spec.heartbeat_interval,
+                           grace_period=spec.grace_period, max_retry=spec.max_retry)
+    study = load(storage, spec.study, sampler=sampler)
+    evaluator = evaluator_factory(study) if evaluator_factory else make_evaluator(study.fidelity, spec.device)
+    presence = Presence(study, "worker", device=spec.device)
+    stats = WorkerStats()
     try:
-        stats = run_worker(study, evaluator, n_trials=spec.n_trials, max_trials=spec.max_trials)
+        presence.report("idle", force=True)
+        stats = run_worker(study, evaluator, n_trials=spec.n_trials, max_trials=spec.max_trials,
+                           idle_timeout=spec.idle_timeout, presence=presence, deadline=spec.outage_deadline)
     except KeyboardInterrupt:
-        return 0
-    return stats.completed + stats.failed
+        stats.exit_reason = "stopped by signal; the running trial was handed back"
+    finally:
+        try:
+            presence.report("stopped", force=True)
+        except Exception:  # leaving anyway: the entry ages out
+            pass
+    return stats
 
 
 def _process_entry(spec: WorkerSpec) -> None:
@@ -157,5 +180,10 @@ def run_study(
         raise
     for p in procs:
         p.join()
+    crashed = [p.exitcode for p in procs if p.exitcode != 0]
+    if crashed:
+        raise StudyError(f"{len(crashed)} of {len(procs)} worker process(es) failed (exit codes {crashed}); "
+                         "their error is printed above, and their running trials are re-queued once the grace "
+                         "period passes: fix the cause and rerun the same command to resume")
     if on_progress is not None:
         on_progress(study.count(TrialState.COMPLETE), study.count(TrialState.FAIL), study.count(TrialState.RUNNING))

@@ -96,12 +96,17 @@ def create_or_load(
         stored = study.user_attrs.get(CONFIG_ATTR)
         if stored is None:
             raise StudyError(f"--study: {name!r} exists but was not made by autopeft; choose another name")
+        # Read the stored fidelity through the model, so fields added since the study was made take
+        # their defaults instead of counting as differences.
+        stored_fidelity = Fidelity(**stored["fidelity"]).model_dump()
         diffs = [
-            f"{key}: stored {stored['fidelity'].get(key)!r}, asked {value!r}"
+            f"{key}: stored {stored_fidelity.get(key)!r}, asked {value!r}"
             for key, value in config["fidelity"].items()
-            if stored["fidelity"].get(key) != value
+            if stored_fidelity.get(key) != value
         ]
-        if stored["space_yaml"] != text:
+        # Compare spaces as the current schema reads them: defaults added since the study was made
+        # (new module options) are not differences.
+        if canonical_yaml(parse_space(stored["space_yaml"], source=f"study {name}")) != text:
             diffs.append("space: the search space differs from the one the study was made with")
         if stored["dims"] != config["dims"]:
             diffs.append(f"model shape: stored {stored['dims']}, asked {config['dims']}")

@@ -33,6 +33,7 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from autopeft.errors import AutopeftError
 from autopeft.plan import PeftPlan
 from autopeft.proxy.train import TrialMetrics
 from autopeft.study.presence import Presence, live
@@ -41,10 +42,11 @@ from autopeft.study.study import AutopeftStudy
 
 FAIL_REASON = "fail_reason"
 BUDGET_CONSTRAINT = "trainable_pct_over_budget"
+HANDED_BACK = "interrupted (worker stopped); handed back to the queue"
 log = logging.getLogger("autopeft.study")
 
 
-class WorkerGaveUp(RuntimeError):
+class WorkerGaveUp(AutopeftError):
     """Every recent trial failed: the setting (model, task, fidelity), not a plan, is at fault."""
 
 
@@ -218,7 +220,7 @@ def record_result(study: AutopeftStudy, trial: optuna.Trial, metrics: TrialMetri
     budget = study.budget_pct
     if budget is not None:
         trial.set_constraint(BUDGET_CONSTRAINT, metrics.trainable_pct - budget)
-    study.study.tell(trial, [metrics.objective(o) for o in study.objectives])
+    study.study.tell(trial, [metrics.objective(o) for o in study.objectives], skip_if_finished=True)
 
 
 def _finish(study: AutopeftStudy, what: str, trial: optuna.Trial, write: Callable[[], None],
@@ -268,9 +270,10 @@ def run_one(study: AutopeftStudy, evaluator: Evaluator, trial: optuna.Trial | No
         # Hand the trial back: fail this attempt and queue the same parameters again, not counted
         # as a retry (nothing is wrong with the trial).
         def hand_back() -> None:
-            trial.set_user_attr(FAIL_REASON, "interrupted (worker stopped); handed back to the queue")
-            study.study.tell(trial, state=TrialState.FAIL)
-            requeue(study, trial._trial_id, count=False)
+            trial.set_user_attr(FAIL_REASON, HANDED_BACK)
+            done = study.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            if done.user_attrs.get(FAIL_REASON) == HANDED_BACK:  # not failed as stale (and re-queued) meanwhile
+                requeue(study, trial._trial_id, count=False)
 
         _finish(study, "hand-back", trial, hand_back, deadline)
         raise
@@ -281,7 +284,7 @@ def run_one(study: AutopeftStudy, evaluator: Evaluator, trial: optuna.Trial | No
         def fail() -> None:
             trial.set_user_attr(FAIL_REASON, reason[:2000])
             trial.set_user_attr("traceback", tb)
-            study.study.tell(trial, state=TrialState.FAIL)
+            study.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
         _finish(study, "failure", trial, fail, deadline)
         return with_retries(lambda: study.storage.get_trial(trial._trial_id), "reading a trial", deadline=deadline)
@@ -300,7 +303,7 @@ def run_worker(
     max_trials: int | None = None,
     on_trial_end: Callable[[FrozenTrial], None] | None = None,
     max_consecutive_failures: int = 5,
-    poll_seconds: float = 2.0,
+    poll_seconds: float = 1.0,
     idle_timeout: float | None = None,
     presence: Presence | None = None,
     self_propose: bool | None = None,
