@@ -82,9 +82,12 @@ def create_or_load(
     dims: ModelDims,
     fidelity: Fidelity,
     sampler: optuna.samplers.BaseSampler | None = None,
+    anchors: bool = True,
 ) -> tuple[AutopeftStudy, bool]:
     """Open study ``name``, creating it if absent. Returns (study, created).
 
+    ``anchors``: queue the head-only anchor on creation (:func:`enqueue_anchors`). A retrain companion
+    study (``<study>@<preset>``) holds only the trials retrained into it and is created without it.
     Everything is validated before anything is written, so bad input never leaves a half-made study.
     """
     space = SearchSpace(spec, dims, source=spec.name)  # raises SpaceError before any write
@@ -120,7 +123,8 @@ def create_or_load(
     study = optuna.create_study(study_name=name, storage=storage, directions=space.directions, sampler=sampler)
     study.set_user_attr(CONFIG_ATTR, config)
     study.set_metric_names(space.objectives)
-    enqueue_anchors(study, space)
+    if anchors:
+        enqueue_anchors(study, space)
     return AutopeftStudy(study, space, fidelity, text, storage), True
 
 
