@@ -15,7 +15,6 @@ import argparse
 import sys
 import threading
 from datetime import datetime, timezone
-from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -118,12 +117,12 @@ def _sidebar(url: str, studies: list[StudyEntry]) -> tuple[StudyEntry, int]:
 def _studies_table(url: str, studies: list[StudyEntry]) -> None:
     rows = []
     for s in studies:
-        live = "-"
+        live = None  # not an autopeft study, or its config cannot be read
         if s.is_autopeft:
             try:
                 live = len(live_workers(_live(url, s.name, s.study_id).study))
             except AutopeftError:
-                live = "?"
+                pass
         rows.append({"study": s.name, **{k.lower(): v for k, v in s.counts.items()}, "live workers": live})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
@@ -185,7 +184,12 @@ def _front_section(study: AutopeftStudy, frame: pd.DataFrame, key: tuple, fideli
         if not len(view.points):
             st.info("No completed trials at this fidelity yet: the front appears as trials finish.")
             return
-        fig = F.front_figure(view, x, y, log_x=log_x, selected=selected)
+        try:
+            recorded = D.recorded_baselines(study.study.user_attrs)
+        except AutopeftError as exc:  # a malformed record is shown, not fatal
+            st.warning(str(exc))
+            recorded = None
+        fig = F.front_figure(view, x, y, log_x=log_x, selected=selected, recorded=recorded)
         st.plotly_chart(fig, key="front_chart", on_select=_select_from_chart, selection_mode=("points", "box", "lasso"),
                         width="stretch")
         hidden = int((view.points[x] <= 0).sum()) if log_x else 0

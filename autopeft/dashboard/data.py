@@ -31,7 +31,9 @@ from autopeft.artifacts import ATTR as ARTIFACT_ATTR
 from autopeft.errors import PlanError, StudyError
 from autopeft.export import export_trial, plan_document
 from autopeft.optimize.pareto import default_reference_point
+from autopeft.peft.methods import get_method
 from autopeft.plan import BLOCK_SITES, LINEAR_SITES, METHODS, ModuleSpec, PeftPlan
+from autopeft.proxy.fidelity import Fidelity
 from autopeft.space.schema import OBJECTIVES
 
 #: Numeric columns of the trial frame (metrics a trial reports; objectives are among them).
@@ -48,6 +50,8 @@ LABELS: dict[str, str] = {
     "peak_memory": "peak memory (MiB)",
 }
 STUDY_FIDELITY = "study"
+#: Study user attribute with results recorded outside the search (see :func:`recorded_baselines`).
+BASELINES_ATTR = "baselines"
 #: Point status on a front plot.
 FRONT, DOMINATED, OVER_BUDGET = "Pareto front", "dominated", "over budget"
 
@@ -56,31 +60,50 @@ FRONT, DOMINATED, OVER_BUDGET = "Pareto front", "dominated", "over budget"
 def fidelity_key(fidelity: Mapping[str, Any] | None, study_fidelity: Mapping[str, Any]) -> str:
     """``"study"`` for the study's fidelity (or none recorded: the trial has not run yet), otherwise the
     fields that differ, e.g. ``"steps=600, train_examples=8000"``."""
-    if not fidelity or dict(fidelity) == dict(study_fidelity):
+    if not fidelity:
+        return STUDY_FIDELITY
+    # Fields added to Fidelity after a trial was recorded take their defaults, as when a study is resumed.
+    defaults = Fidelity().model_dump()
+    fidelity, study_fidelity = {**defaults, **fidelity}, {**defaults, **study_fidelity}
+    if fidelity == study_fidelity:
         return STUDY_FIDELITY
     keys = sorted(set(fidelity) | set(study_fidelity))
     diff = [f"{k}={fidelity.get(k)}" for k in keys if fidelity.get(k) != study_fidelity.get(k)]
     return ", ".join(diff)
 
 
-def _plan_methods(plan: Mapping[str, Any] | None) -> str:
-    """Comma list of the module types a stored plan uses ("" for head only or no plan)."""
+def known_baseline(plan: PeftPlan) -> str:
+    """The name of a baseline everyone knows when ``plan`` is one ("" otherwise): the head-only linear probe,
+    or plain LoRA r=8 on the query and value projections of every layer (the LoRA paper's setting)."""
+    if plan.is_empty:
+        return "head only"
+    lora_qv = {(m.method, m.site, m.size, m.alpha in (None, 16.0), m.variant) for m in plan.layers[0]}
+    if lora_qv == {("lora", "q", 8, True, None), ("lora", "v", 8, True, None)} and all(
+            layer == plan.layers[0] for layer in plan.layers):
+        return "LoRA r=8 on q,v"
+    return ""
+
+
+def _plan_info(plan: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(comma list of the module types a stored plan uses, known baseline name); ("", "") without a plan."""
     if not plan:
-        return ""
+        return "", ""
     try:
-        return ", ".join(PeftPlan.from_dict(plan).methods())
+        parsed = PeftPlan.from_dict(plan)
     except PlanError:
-        return ""
+        return "", ""
+    return ", ".join(parsed.methods()), known_baseline(parsed)
 
 
 def record_row(trial, study_fidelity: Mapping[str, Any], objectives: Sequence[str]) -> dict[str, Any]:
     """One trial frame row. ``trial`` is a ``FrozenTrial`` or anything with the same attributes."""
     r = trial_row(trial)
+    modules, baseline = _plan_info(trial.user_attrs.get("plan"))
     row: dict[str, Any] = {
         "number": r.number,
         "state": r.state,
-        "anchor": trial.user_attrs.get("anchor") or "",
-        "modules": _plan_methods(trial.user_attrs.get("plan")),
+        "anchor": trial.user_attrs.get("anchor") or baseline,  # queued as a baseline, or a known one anyway
+        "modules": modules,
         "summary": r.summary,
         "fail_reason": r.fail_reason or "",
         "feasible": r.feasible,
@@ -153,6 +176,29 @@ def non_dominated(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     sign = np.array([1.0 if d == "maximize" else -1.0 for d in directions])
     as_max = torch.as_tensor(values * sign, dtype=torch.double)  # (N, M), larger is better in every column
     return is_non_dominated(as_max, deduplicate=False).numpy()
+
+
+def recorded_baselines(study_attrs: Mapping[str, Any]) -> pd.DataFrame:
+    """Reference results recorded outside the search, e.g. full fine-tuning, from the study user attribute
+    ``baselines``: ``{"full fine-tuning": {"score": 0.88, "trainable_pct": 100}}``. One row per baseline: name
+    and the metric columns it gives (NaN where it gives none)."""
+    raw = study_attrs.get(BASELINES_ATTR) or {}
+    if not isinstance(raw, Mapping):
+        raise StudyError(f"{BASELINES_ATTR}: study attribute is {type(raw).__name__}; record a mapping such as "
+                         '{"full fine-tuning": {"score": 0.88, "trainable_pct": 100}}')
+    rows = []
+    for name, values in raw.items():
+        if not isinstance(values, Mapping):
+            raise StudyError(f"{BASELINES_ATTR}.{name}: {values!r} is not a mapping of metric to value; "
+                             'e.g. {"score": 0.88, "trainable_pct": 100}')
+        bad = [k for k in values if k not in METRIC_COLUMNS]
+        if bad:
+            raise StudyError(f"{BASELINES_ATTR}.{name}.{bad[0]}: not a metric; use {', '.join(METRIC_COLUMNS)}")
+        try:
+            rows.append({"name": str(name), **{c: float(values.get(c, float("nan"))) for c in METRIC_COLUMNS}})
+        except (TypeError, ValueError):
+            raise StudyError(f"{BASELINES_ATTR}.{name}: values must be numbers, got {dict(values)!r}") from None
+    return pd.DataFrame(rows, columns=["name", *METRIC_COLUMNS])
 
 
 def completed(frame: pd.DataFrame, fidelity: str = STUDY_FIDELITY) -> pd.DataFrame:
@@ -352,19 +398,24 @@ def filter_trials(
 _SITE_ORDER = {s: i for i, s in enumerate(LINEAR_SITES + BLOCK_SITES)}
 _METHOD_ORDER = {m: i for i, m in enumerate(METHODS)}
 SHORT = {"lora": "LoRA", "lora_experts": "LoRA experts", "ia3": "(IA)3", "serial_adapter": "serial adapter",
-         "parallel_adapter": "parallel adapter", "prefix": "prefix"}
+         "parallel_adapter": "parallel adapter", "prefix": "prefix", "ssf": "SSF"}
 
 
 def _slot(m: ModuleSpec) -> str:
-    return f"{m.site} · {SHORT.get(m.method, m.method)}"
+    return f"{m.site} · {SHORT.get(m.method, m.method.replace('_', ' '))}"
 
 
 def _cell_label(m: ModuleSpec) -> str:
-    if m.method == "lora_experts":
-        return f"{m.num_experts}×r{m.size} k{m.top_k}"
-    if m.method == "ia3":
-        return "on"
-    return f"r{m.size}" if m.method == "lora" else str(m.size)
+    """The size a cell shows: ``r8`` (low-rank methods), ``192`` (adapter width, prefix tokens), ``4×r8 k2``
+    (experts, rank, top-k), ``on`` (methods without a size), then the variant when not the default."""
+    method = get_method(m.method)
+    if method.takes_experts:
+        text = f"{m.num_experts}×r{m.size} k{m.top_k}"
+    elif not method.size_means:
+        text = "on"
+    else:
+        text = f"r{m.size}" if method.takes_alpha else str(m.size)
+    return f"{text} {m.variant}" if m.variant else text
 
 
 def plan_grid(plan: PeftPlan) -> pd.DataFrame:

@@ -21,6 +21,7 @@ STYLE = {
     OVER_BUDGET: dict(color="#dcdcdc", size=6, symbol="x"),
 }
 BASELINE = dict(color="#1f77b4", size=15, symbol="star", line=dict(color="white", width=1))
+RECORDED = dict(color=BASELINE["color"], size=15, symbol="star-open", line=dict(width=2))  # outside the search
 SELECTED = dict(color="#111111", size=18, symbol="circle-open", line=dict(width=2))  # open symbols stroke in color
 
 
@@ -38,9 +39,11 @@ def _hover(points: pd.DataFrame, axes: Sequence[str]) -> tuple[np.ndarray, str]:
 
 
 def front_figure(view: FrontView, x: str, y: str, *, log_x: bool = False, log_y: bool = False,
-                 selected: Sequence[int] = (), height: int = 480) -> go.Figure:
+                 selected: Sequence[int] = (), recorded: pd.DataFrame | None = None, height: int = 480) -> go.Figure:
     """Scatter of ``y`` against ``x``: dominated and over-budget trials grey, the front in colour with its
-    step line, baselines (anchor trials) as stars, the selected trials ringed."""
+    step line, baselines (anchor trials) as stars, the selected trials ringed. ``recorded`` baselines
+    (``data.recorded_baselines``, e.g. full fine-tuning) are open stars, or dashed lines when they give only
+    one of the two axes."""
     fig = go.Figure()
     pts = view.points
     for status in (OVER_BUDGET, DOMINATED, FRONT):
@@ -57,6 +60,18 @@ def front_figure(view: FrontView, x: str, y: str, *, log_x: bool = False, log_y:
         fig.add_trace(go.Scatter(x=anchors[x], y=anchors[y], mode="markers+text", name="baseline",
                                  text=anchors["anchor"], textposition="top right", marker=BASELINE,
                                  customdata=custom, hovertemplate=template))
+    for row in (recorded if recorded is not None else pd.DataFrame()).itertuples(index=False):
+        vx, vy = getattr(row, x), getattr(row, y)
+        if not (np.isnan(vx) or np.isnan(vy)):
+            fig.add_trace(go.Scatter(x=[vx], y=[vy], mode="markers+text", name=f"{row.name} (recorded)",
+                                     text=[row.name], textposition="bottom left", marker=RECORDED,
+                                     hovertemplate=f"{row.name}: {label(x)} {vx:.4g}, {label(y)} {vy:.4g}<extra></extra>"))
+        elif not np.isnan(vy):
+            fig.add_hline(y=vy, line=dict(dash="dash", color=BASELINE["color"], width=1),
+                          annotation_text=f"{row.name} {vy:.4g}", annotation_position="top left")
+        elif not np.isnan(vx):
+            fig.add_vline(x=vx, line=dict(dash="dash", color=BASELINE["color"], width=1),
+                          annotation_text=f"{row.name} {vx:.4g}", annotation_position="top right")
     chosen = pts[pts["number"].isin(list(selected))]
     if len(chosen):
         custom, template = _hover(chosen, (x, y))

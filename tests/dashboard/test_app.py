@@ -25,7 +25,7 @@ from autopeft.dashboard.source import open_readonly, open_study
 from autopeft.export import plan_document
 from autopeft.optimize.pareto import pareto_front
 from autopeft.peft import adapter_state_dict, apply_plan
-from autopeft.plan import PeftPlan
+from autopeft.plan import ModuleSpec, PeftPlan
 from autopeft.proxy.fidelity import Fidelity
 from autopeft.space import ModelDims, parse_space
 from autopeft.study.presence import Presence
@@ -135,6 +135,24 @@ def test_two_objective_front_plan_view_and_export(monkeypatch, sqlite_url, study
     assert any(list(d.value.columns) == [f"trial {a}", f"trial {b}"] for d in at.dataframe)  # metrics side by side
     if any(m.method == "lora_experts" for _, m in plan_a.modules()):
         assert f"experts_{a}" in figs
+
+
+def test_known_and_recorded_baselines_are_marked(monkeypatch, sqlite_url, study_name, make_study):
+    st = make_study(sqlite_url, study_name, n_trials=4)
+    n = st.space.dims.num_layers
+    lora_qv = PeftPlan.from_modules(n, {i: [ModuleSpec("lora", "q", 8), ModuleSpec("lora", "v", 8)] for i in range(n)})
+    st.study.enqueue_trial(st.space.encode(lora_qv))  # the LoRA paper's setting, queued by hand
+    run_worker(st, ArithmeticEvaluator(), n_trials=5)
+    lora_trial = next(t.number for t in st.trials() if st.plan_of(t) == lora_qv)
+    st.study.set_user_attr("baselines", {"full fine-tuning": {"score": 0.91, "trainable_pct": 100.0},
+                                         "majority class": {"score": 0.5}})
+    at = ok(page(monkeypatch, sqlite_url))
+    front = figures(at)["front_chart"]
+    stars = trace(front, "baseline")
+    assert dict(zip((int(c[0]) for c in stars.customdata), stars.text)) == {0: "head only", lora_trial: "LoRA r=8 on q,v"}
+    full = trace(front, "full fine-tuning (recorded)")
+    assert (list(full.x), list(full.y)) == ([100.0], [0.91])
+    assert [(s.y0, a.text) for s, a in zip(front.layout.shapes, front.layout.annotations)] == [(0.5, "majority class 0.5")]
 
 
 def test_export_yaml_is_the_cli_export_document(sqlite_url, study_name, make_study):

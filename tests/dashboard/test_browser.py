@@ -57,9 +57,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path, make_study, study_name):
+def server(tmp_path, make_study):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    st = make_study(url, study_name, n_trials=16, fail_every=7)
+    st = make_study(url, "dash-demo", n_trials=16, fail_every=7)  # its own file: a fixed name is safe
     port = _free_port()
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "autopeft", "dashboard", "--storage", url, "--port", str(port)],

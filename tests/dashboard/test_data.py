@@ -16,6 +16,7 @@ from autopeft.dashboard import data as D
 from autopeft.errors import StudyError
 from autopeft.optimize.pareto import ReferencePoint, hypervolume, pareto_front
 from autopeft.plan import ModuleSpec, PeftPlan
+from autopeft.proxy.fidelity import Fidelity
 
 STUDY_FID = {"model": "minilm", "steps": 5}
 OBJ = ["score", "trainable_pct"]
@@ -85,6 +86,14 @@ def test_frame_has_one_row_per_trial_with_metrics_reasons_and_fidelity(frame):
     assert row.at[8, "fidelity"] == D.STUDY_FIDELITY  # not run yet: it will run at the study's fidelity
     assert row.at[9, "fidelity"] == "steps=50"
     assert D.fidelities(frame) == [(D.STUDY_FIDELITY, 6), ("steps=50", 1)]
+
+
+def test_fidelity_fields_added_later_take_their_defaults():
+    study = Fidelity(steps=5).model_dump()
+    recorded_before = {k: v for k, v in study.items() if k != "seed"}  # as if "seed" were added since
+    assert D.fidelity_key(recorded_before, study) == D.STUDY_FIDELITY
+    assert D.fidelity_key({**study, "steps": 50, "max_length": 128}, study) == "max_length=128, steps=50"
+    assert D.fidelity_key(None, study) == D.STUDY_FIDELITY
 
 
 def test_frame_builder_converts_finished_trials_once(trials):
@@ -257,3 +266,30 @@ def test_random_frames_keep_invariants():
     assert series["hypervolume"].iloc[-1] == pytest.approx(
         hypervolume(ts, ["maximize", "minimize"], ReferencePoint((0.0, 100.0))), rel=1e-12)
     assert isinstance(series, pd.DataFrame)
+
+
+def test_known_baselines_are_recognised_by_their_plan():
+    qv = [ModuleSpec("lora", "q", 8), ModuleSpec("lora", "v", 8)]
+    assert D.known_baseline(PeftPlan(3)) == "head only"
+    assert D.known_baseline(PeftPlan.from_modules(3, {i: qv for i in range(3)})) == "LoRA r=8 on q,v"
+    assert D.known_baseline(PeftPlan.from_modules(3, {0: qv, 1: qv})) == ""  # not on every layer
+    r4 = [ModuleSpec("lora", "q", 4), ModuleSpec("lora", "v", 4)]
+    assert D.known_baseline(PeftPlan.from_modules(3, {i: r4 for i in range(3)})) == ""
+    plan = PeftPlan.from_modules(2, {i: qv for i in range(2)})
+    row = D.record_row(trial(3, 0.8, 0.3, plan=plan), STUDY_FID, OBJ)
+    assert row["anchor"] == "LoRA r=8 on q,v" and row["modules"] == "lora"
+
+
+def test_recorded_baselines_from_the_study_attribute():
+    table = D.recorded_baselines({"baselines": {"full fine-tuning": {"score": 0.88, "trainable_pct": 100},
+                                                "majority class": {"score": 0.5}}})
+    assert table["name"].tolist() == ["full fine-tuning", "majority class"]
+    assert table["score"].tolist() == [0.88, 0.5] and table["trainable_pct"].iloc[0] == 100
+    assert math.isnan(table["trainable_pct"].iloc[1])
+    assert D.recorded_baselines({}).empty
+    with pytest.raises(StudyError, match=r"baselines.full.accuracy: not a metric; use score"):
+        D.recorded_baselines({"baselines": {"full": {"accuracy": 0.9}}})
+    with pytest.raises(StudyError, match=r"baselines.full: 0.9 is not a mapping"):
+        D.recorded_baselines({"baselines": {"full": 0.9}})
+    with pytest.raises(StudyError, match=r"baselines.full: values must be numbers"):
+        D.recorded_baselines({"baselines": {"full": {"score": "high"}}})
