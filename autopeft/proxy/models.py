@@ -50,15 +50,29 @@ def model_dims(config) -> ModelDims:
     return ModelDims(arch.num_layers(config), arch.hidden_size(config), tuple(arch.sites(config)))
 
 
+def load_tokenizer(model: str):
+    """The model's tokenizer, with a pad token (decoder-only tokenizers ship without one: EOS stands in)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **_offline_kwargs(path))
+    except (OSError, ValueError) as exc:
+        raise TaskError(f"model: cannot load the tokenizer of {model!r} ({exc}); pass 'minilm', a hub id or a local folder") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_classifier(model: str, num_labels: int):
     """(model, tokenizer) for sequence classification with ``num_labels`` classes, in train mode."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(model)
     kwargs = _offline_kwargs(path)
+    tokenizer = load_tokenizer(model)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
         try:
@@ -67,8 +81,6 @@ def load_classifier(model: str, num_labels: int):
             hf_logging.set_verbosity(verbosity)
     except (OSError, ValueError) as exc:
         raise TaskError(f"model: cannot load {model!r} ({exc}); pass 'minilm', a hub id or a local folder") from None
-    if tokenizer.pad_token is None:  # decoder-only tokenizers ship without one
-        tokenizer.pad_token = tokenizer.eos_token
     if net.config.pad_token_id is None:
         net.config.pad_token_id = tokenizer.pad_token_id
     return net, tokenizer
