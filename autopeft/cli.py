@@ -503,5 +503,73 @@ def dashboard(
     raise typer.Exit(code)
 
 
+@app.command()
+def retrain(
+    name: str = typer.Argument(..., help="Study whose trial to retrain."),
+    trial: int = typer.Option(..., "--trial", help="Number of the COMPLETE trial to retrain."),
+    fidelity: str = typer.Option("full", "--fidelity", help="Fidelity preset: quick, default or full (docs/tasks.md); the flags below override it."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per step."),
+    train_examples: Optional[int] = typer.Option(None, "--train-examples", help="Training examples drawn."),
+    eval_examples: Optional[int] = typer.Option(None, "--eval-examples", help="Validation/test examples scored."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Max tokens per example."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Peak learning rate."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for data, init and dropout."),
+    storage: Optional[str] = StorageOpt,
+    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda:0."),
+    again: bool = typer.Option(False, "--again", help="Retrain even when the trial was already retrained at this fidelity."),
+) -> None:
+    """Retrain a trial's plan at a higher (or other) fidelity, as a linked trial of the study <study>@<preset>.
+
+    Prints the source and retrained metrics side by side. Weights are stored as a worker stores them, so
+    `autopeft export <study>@<preset> --trial M` needs no further training. Ctrl-C hands the trial back;
+    running the same command again resumes it.
+    """
+    from autopeft.retrain import prepare_retrain
+    from autopeft.retrain import retrain as do_retrain
+    from autopeft.study.runner import quiet_libraries
+    from autopeft.study.storage import open_storage
+
+    overrides = dict(steps=steps, batch_size=batch_size, train_examples=train_examples, eval_examples=eval_examples,
+                     max_length=max_length, learning_rate=learning_rate, seed=seed)
+    try:
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise AutopeftError(f"--device: {device!r} asked, but torch sees no CUDA device; use --device cpu")
+        request = prepare_retrain(open_storage(storage), name, trial, fidelity, overrides, again=again)
+    except AutopeftError as exc:
+        _fail(exc)
+    quiet_libraries()
+    resumed = f" (resuming trial {request.resume.number})" if request.resume is not None else ""
+    console.print(f"retraining trial {trial} of {name} ({request.trial.user_attrs.get('plan_summary', '')}) into "
+                  f"{request.companion}{resumed} · {request.fidelity.describe()}", highlight=False)
+    try:
+        result = do_retrain(request, device)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: the trial was handed back to {request.companion}'s queue; "
+                          "run the same command to resume it")
+        raise typer.Exit(130)
+    except AutopeftError as exc:
+        _fail(exc)
+    src = request.trial.user_attrs.get("metrics", {})
+    new = result.trial.user_attrs.get("metrics", {})
+    table = Table(title=f"trial {trial} of {name} retrained at {fidelity}", title_justify="left")
+    table.add_column("")
+    table.add_column(f"{name} #{trial}", justify="right")
+    table.add_column(f"{result.study.name} #{result.trial.number}", justify="right")
+    for label, key, spec in (("score", "score", ".4f"), ("test score", "test_score", ".4f"),
+                             ("trainable %", "trainable_pct", ".4f"), ("step s", "step_time", ".3f")):
+        table.add_row(label, _fmt(src.get(key), spec), _fmt(new.get(key), spec))
+    console.print(table)
+    console.print(f"{name} #{trial}: {request.source.fidelity.describe()}\n"
+                  f"{result.study.name} #{result.trial.number}: {request.fidelity.describe()}", highlight=False)
+    verb = "created" if result.created else "added to"
+    console.print(f"{verb} study {result.study.name}: trial {result.trial.number}; export it with "
+                  f"`autopeft export {result.study.name} --trial {result.trial.number} --format peft -o DIR`",
+                  highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
