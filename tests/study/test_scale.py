@@ -157,6 +157,26 @@ def test_sigterm_hands_the_trial_back_and_exits_0(tmp_path, study_name):
     assert copies[0].params == trial.params
     assert copies[0].system_attrs["retry_history"] == []  # a hand-back is not a retry
     assert "handed back" in log.read_text()
+    # The proposer service stops cleanly on SIGTERM too.
+    plog = tmp_path / "proposer.log"
+    proposer = start("propose", "--study", study_name, "--storage", url, "--sampler", "random", log=plog)
+    wait_for(lambda: "proposing for" in plog.read_text(), 120, "the proposer to start")
+    proposer.send_signal(signal.SIGTERM)
+    assert proposer.wait(timeout=60) == 0 and "stopped by signal" in plog.read_text()
+
+
+@pytest.mark.postgres
+def test_passwords_never_printed(postgres_url, study_name, tmp_path):
+    """The test server trusts local connections, so any password gets in: give one and look for it."""
+    url = postgres_url.replace("://postgres@", "://postgres:Sup3rSecretPw@")
+    assert "Sup3rSecretPw" in url
+    outs = [cli("run", *SYNTHETIC, "--workers", "0", "--study", study_name, "--storage", url).stdout,
+            cli("propose", "--study", study_name, "--storage", url, "--n", "2", "--sampler", "random").stdout,
+            cli("worker", "--study", study_name, "--storage", url, "--max-trials", "2").stdout,
+            cli("study", "status", study_name, "--storage", url).stdout,
+            cli("study", "list", "--storage", url).stdout]
+    assert "postgres:***@" in outs[0] and "postgres:***@" in outs[3]
+    assert not any("Sup3rSecretPw" in out for out in outs)
 
 
 # --------------------------------------------------------------------------- a PostgreSQL of our own
@@ -220,7 +240,7 @@ def private_postgres():
 
 @pytest.mark.postgres
 def test_postgres_restart_loses_nothing(private_postgres, study_name, tmp_path):
-    """PostgreSQL goes away for 15 s while a proposer and 4 workers run; they ride it out and the
+    """PostgreSQL goes away for 60 s while a proposer and 4 workers run; they ride it out and the
     study completes with every trial run once."""
     url = private_postgres.url
 
@@ -228,7 +248,7 @@ def test_postgres_restart_loses_nothing(private_postgres, study_name, tmp_path):
         st = load(open_storage(url), study_name)
         wait_for(lambda: st.count(TrialState.COMPLETE) >= 10, 300, "10 complete trials before the restart")
         private_postgres.stop()
-        time.sleep(15)
+        time.sleep(60)
         private_postgres.start()
 
     outs = serve(url, study_name, 60, 4, tmp_path, trial_seconds=0.2, during=restart_midway)
