@@ -9,6 +9,11 @@ import pytest
 
 POSTGRES_ENV = "AUTOPEFT_TEST_POSTGRES_URL"
 
+# Without a CUDA GPU the Triton kernels (tests/kernels) run under Triton's interpreter. Triton reads the switch once,
+# when it is first imported -- and importing transformers' models imports it -- so it is set here, before any test.
+if not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def _postgres_url() -> str | None:
     url = os.environ.get(POSTGRES_ENV)

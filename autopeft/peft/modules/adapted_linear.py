@@ -12,6 +12,8 @@ Several methods may share a site (e.g. LoRA and IA3 on ``v``). They combine in t
     y   = y + U'(relu(D' y))                    Compacter (PHM projections)
     y   = y + s * U(relu(D x_sub))              parallel adapter; x_sub = input of the entry linear (q / up)
 
+Plain LoRA and rsLoRA with nothing on the input side (no Hydra, no IA3 on down) run ``W x + b + s B A x`` as one
+fused kernel (:func:`autopeft.kernels.lora_linear`): one autograd node, no (B, T, out) temporaries.
 Everything up to SSF is linear in x except the experts' routing, so :meth:`AdaptedLinear.merge_` folds LoRA (all
 variants), Hydra, IA3 and SSF into one new weight and bias (the experts' B absorb the later output scales).
 An entry linear additionally copies its input into the :class:`Stash` of each parallel adapter that reads it.
@@ -80,9 +82,12 @@ class AdaptedLinear(nn.Module):
         x_w = x if self.hydra is None else self.hydra.sequential(x)
         if self.ia3_in is not None:
             x_w = self.ia3_in(x_w)
-        y = self.base_layer(x_w)  # (B, T, out)
-        if self.lora is not None:
-            y = self.lora.combine(y, x, self.base_layer)
+        if self.lora is not None and self.lora.fusable and x_w is x:
+            y = self.lora.fused_linear(x, self.base_layer)  # (B, T, out): W x + b + s B A x, one kernel
+        else:
+            y = self.base_layer(x_w)  # (B, T, out)
+            if self.lora is not None:
+                y = self.lora.combine(y, x, self.base_layer)
         if self.experts is not None:
             y = y + self.experts(x)
         if self.hydra is not None:

@@ -16,6 +16,8 @@ from autopeft.peft.modules.lora import LoRA
 
 
 class DoRA(LoRA):
+    fusable = False  # the output is rescaled per feature after the sum: combine() does it
+
     def __init__(self, base: nn.Linear, rank: int, scaling: float, generator: torch.Generator | None = None):
         super().__init__(base.in_features, base.out_features, rank, scaling, generator)
         with torch.no_grad():

@@ -5,6 +5,10 @@
 Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", https://arxiv.org/abs/2106.09685.
 A is kaiming-uniform (a = sqrt(5), as in HF peft), B is zero, so the update starts at exactly 0. No dropout.
 DoRA's magnitude/direction split lives in :mod:`autopeft.peft.modules.dora`.
+
+When nothing else transforms the linear's input, :class:`AdaptedLinear` runs the whole site as one fused kernel
+(:meth:`LoRA.fused_linear`, :func:`autopeft.kernels.lora_linear`); variants whose output is not this sum set
+``fusable = False`` and go through :meth:`LoRA.combine`.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autopeft.kernels import lora_linear
 from autopeft.peft.modules._init import linear_init_
 
 
 class LoRA(nn.Module):
     """The low-rank branch: :meth:`combine` adds ``scaling * B(A x)`` to the frozen linear's output."""
+
+    fusable = True  # the site's output is W x + b + s B A x, which :meth:`fused_linear` computes in one kernel
 
     def __init__(self, in_features: int, out_features: int, rank: int, scaling: float,
                  generator: torch.Generator | None = None):
@@ -37,6 +44,10 @@ class LoRA(nn.Module):
     def combine(self, y: torch.Tensor, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
         """``y`` = the frozen linear's output (bias included), ``x`` = the linear's unscaled input."""
         return y + self(x)
+
+    def fused_linear(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
+        """``W x + b + s B A x`` in one kernel (equal to ``combine(base(x), x, base)``); ``x`` (..., in)."""
+        return lora_linear(x, base.weight, base.bias, self.lora_A, self.lora_B, self.scaling)
 
     def merge_weight(self, weight: torch.Tensor, base: nn.Linear) -> torch.Tensor:
         """The (out, in) weight that computes ``combine`` when ``weight`` is the frozen linear's effective weight."""

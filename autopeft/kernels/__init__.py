@@ -1,0 +1,68 @@
+"""Fused kernels for the PEFT layers, each next to its plain-torch twin in :mod:`autopeft.kernels.reference`.
+
+    lora_linear(x, W, b, A, B, s) = x Wᵀ + b + s (x Aᵀ) Bᵀ
+
+runs as one autograd node: Triton kernels on CUDA when ``triton`` is installed (:mod:`.triton_lora`), fused BLAS
+calls otherwise (:mod:`.cpu_lora`). It falls back to the reference (autograd over plain ops) where the fused
+paths do not apply: a base weight or bias that trains, mixed dtypes, or autocast. ``fused_kernels(False)`` turns
+the fused paths off (benchmarks compare both; a fused path suspected of a bug can be ruled out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Iterator
+
+import torch
+
+from autopeft.kernels import reference
+from autopeft.kernels.cpu_lora import FusedLoRA
+
+_enabled = True
+
+
+@contextlib.contextmanager
+def fused_kernels(enabled: bool) -> Iterator[None]:
+    """Within the block, use (``True``) or bypass (``False``) the fused paths; restores the previous setting."""
+    global _enabled
+    before, _enabled = _enabled, enabled
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether the Triton path can be imported (the ``gpu`` extra)."""
+    try:
+        import autopeft.kernels.triton_lora  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _fusable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_A: torch.Tensor,
+             lora_B: torch.Tensor) -> bool:
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    same_dtype = all(t.dtype == x.dtype for t in (weight, lora_A, lora_B) + ((bias,) if bias is not None else ()))
+    return _enabled and frozen and same_dtype and not torch.is_autocast_enabled(x.device.type)
+
+
+def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_A: torch.Tensor,
+                lora_B: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``x Wᵀ + b + s (x Aᵀ) Bᵀ``: x (..., in), W (out, in), b (out,) or None, A (r, in), B (out, r) -> (..., out).
+
+    Gradients flow to x, A and B only; a trainable W or b sends the call to the reference path.
+    """
+    if not _fusable(x, weight, bias, lora_A, lora_B):
+        return reference.lora_linear(x, weight, bias, lora_A, lora_B, scaling)
+    if x.is_cuda and triton_available():
+        from autopeft.kernels.triton_lora import TritonLoRA
+
+        return TritonLoRA.apply(x, weight, bias, lora_A, lora_B, scaling)
+    return FusedLoRA.apply(x, weight, bias, lora_A, lora_B, scaling)
+
+
+__all__ = ["FusedLoRA", "fused_kernels", "lora_linear", "reference", "triton_available"]

@@ -1,0 +1,34 @@
+"""Readable plain-torch twins of the fused kernels: what every fused path must compute, forward and backward.
+
+    lora_linear:   y = x Wᵀ + b + s (x Aᵀ) Bᵀ                         W (out, in), A (r, in), B (out, r)
+    lora_experts:  y = s Σ_e g_e(x) (x A_eᵀ) B_eᵀ                       A (E, r, in), B (E, out, r), g (N, E)
+
+Autograd differentiates these; the tests compare the fused paths' outputs and gradients with them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_A: torch.Tensor,
+                lora_B: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``x`` (..., in) -> (..., out): the frozen linear plus the scaled low-rank branch."""
+    return F.linear(x, weight, bias) + scaling * F.linear(F.linear(x, lora_A), lora_B)
+
+
+def lora_experts_loop(x: torch.Tensor, gates: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor,
+                      scaling: float) -> torch.Tensor:
+    """``x`` (N, in), dense gates (N, E) with zeros off each token's chosen experts -> (N, out).
+
+    One expert at a time over the tokens routed to it (gate > 0): gather, two matmuls, weighted scatter-add.
+    """
+    y = x.new_zeros(x.shape[0], lora_B.shape[1])  # (N, out)
+    for e in range(lora_A.shape[0]):
+        idx = gates[:, e].nonzero().squeeze(-1)  # (n_e,) tokens routed to expert e
+        if idx.numel() == 0:
+            continue
+        h = F.linear(x[idx], lora_A[e])  # (n_e, r)
+        y = y.index_add(0, idx, F.linear(h, lora_B[e]) * gates[idx, e, None].to(x.dtype))  # (N, out)
+    return y * scaling
