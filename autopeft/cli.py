@@ -542,7 +542,10 @@ def retrain(
     except AutopeftError as exc:
         _fail(exc)
     quiet_libraries()
-    resumed = f" (resuming trial {request.resume.number})" if request.resume is not None else ""
+    resumed = ""
+    if request.resume is not None:
+        resumed = (f" (resuming handed-back trial {request.resume.number})" if request.resume.state.name == "WAITING"
+                   else f" (trial {request.resume.number} was left running without a heartbeat: failed, trained anew)")
     console.print(f"retraining trial {trial} of {name} ({request.trial.user_attrs.get('plan_summary', '')}) into "
                   f"{request.companion}{resumed} · {request.fidelity.describe()}", highlight=False)
     try:

@@ -49,7 +49,9 @@ class RetrainRequest:
     fidelity: Fidelity  # resolved: the study's fidelity, the preset's overrides, then the caller's
     companion: str  # name of the companion study
     task: TaskData  # loaded at the resolved fidelity's seed, handed to the trainer
-    resume: FrozenTrial | None = None  # a linked trial handed back to the queue (WAITING): it is run again
+    # A linked trial to take over: one handed back to the queue (WAITING, after Ctrl-C) is run again; one left
+    # RUNNING by a retrain that died (no heartbeat within the grace period) is failed and trained anew.
+    resume: FrozenTrial | None = None
 
     @property
     def link(self) -> dict[str, Any]:
@@ -98,8 +100,8 @@ def prepare_retrain(storage: RDBStorage, study: str, trial: int, preset: str = "
     """Check a retrain of trial ``trial`` of ``study`` at ``preset`` (plus budget ``overrides``, named as
     :class:`Fidelity` fields). Raises :class:`StudyError` naming the flag, the value and the fix; writes nothing.
 
-    A linked trial already COMPLETE (or RUNNING) in the companion study is refused unless ``again``; one that
-    was handed back (WAITING, after Ctrl-C) is resumed.
+    A linked trial already COMPLETE (or RUNNING, alive) in the companion study is refused unless ``again``; one
+    handed back (WAITING, after Ctrl-C) or left RUNNING by a retrain that died is taken over (``resume``).
     """
     from autopeft.proxy.tasks import load_task
 
@@ -125,8 +127,11 @@ def prepare_retrain(storage: RDBStorage, study: str, trial: int, preset: str = "
                 "never mixed:\n  " + "\n  ".join(diffs)
                 + "\nfix: give the flags it was made with, or retrain at another --fidelity preset")
         linked = linked_trials(companion, study, trial)
-        waiting = [t for t in linked if t.state == TrialState.WAITING]
-        done = [t for t in linked if t.state in (TrialState.COMPLETE, TrialState.RUNNING)]
+        dead = set(storage._get_stale_trial_ids(companion.study._study_id)) if storage.get_heartbeat_interval() else set()
+        waiting = [t for t in linked if t.state == TrialState.WAITING
+                   or (t.state == TrialState.RUNNING and t._trial_id in dead)]
+        done = [t for t in linked if t.state == TrialState.COMPLETE
+                or (t.state == TrialState.RUNNING and t._trial_id not in dead)]
         if waiting:
             resume = waiting[0]
         elif done and not again:
@@ -141,9 +146,18 @@ def prepare_retrain(storage: RDBStorage, study: str, trial: int, preset: str = "
 def _start_trial(companion: AutopeftStudy, request: RetrainRequest) -> optuna.Trial:
     """The companion trial to run: the handed-back one (claimed from the queue), or a new RUNNING trial
     with the source trial's parameters and the link."""
+    from autopeft.study.worker import FAIL_REASON
+
     storage = companion.study._storage  # the study's cached view of the RDB storage; Trial reads through it
     trial_id = None
-    if request.resume is not None:
+    if request.resume is not None and request.resume.state == TrialState.RUNNING:
+        reason = "no heartbeat: the retrain running it stopped; trained again as a new trial"
+        try:
+            storage.set_trial_user_attr(request.resume._trial_id, FAIL_REASON, reason)
+            storage.set_trial_state_values(request.resume._trial_id, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            pass  # failed as stale by a worker meanwhile
+    elif request.resume is not None:
         try:
             if storage.set_trial_state_values(request.resume._trial_id, state=TrialState.RUNNING):
                 trial_id = request.resume._trial_id

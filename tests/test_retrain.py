@@ -19,7 +19,7 @@ from autopeft.export import export_trial
 from autopeft.proxy.fidelity import Fidelity
 from autopeft.proxy.models import load_config, model_dims
 from autopeft.proxy.train import ProxyTrainer
-from autopeft.retrain import SOURCE_ATTR, companion_name, linked_trials, prepare_retrain, retrain
+from autopeft.retrain import SOURCE_ATTR, _start_trial, companion_name, linked_trials, prepare_retrain, retrain
 from autopeft.space import parse_space
 from autopeft.study.storage import open_storage
 from autopeft.study.study import CONFIG_ATTR, create_or_load, load
@@ -116,7 +116,7 @@ def test_retrain_adds_a_linked_trial_to_the_companion_study(tmp_path, monkeypatc
     assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["r"] == 4
 
 
-def test_an_interrupted_retrain_is_handed_back_and_resumed(tmp_path, monkeypatch):
+def test_an_interrupted_or_dead_retrain_is_taken_over(tmp_path, monkeypatch):
     db = tmp_path / "s.db"
     st = make_source(db)
     src = lora_trial(st)
@@ -139,6 +139,27 @@ def test_an_interrupted_retrain_is_handed_back_and_resumed(tmp_path, monkeypatch
     assert result.trial.number == 1 and result.trial.state == TrialState.COMPLETE
     assert result.trial.params == src.params and result.trial.user_attrs[SOURCE_ATTR]["trial"] == src.number
     assert len(load(st.storage, "s@full").trials()) == 2
+
+    # A retrain that died (killed) leaves its trial RUNNING. While its heartbeat is fresh it counts as running
+    # elsewhere; once the heartbeat is older than the grace period, the next retrain fails it and starts anew.
+    companion = load(st.storage, "s@full")
+    template = optuna.trial.create_trial(state=TrialState.RUNNING, params=src.params, distributions=src.distributions,
+                                         user_attrs={SOURCE_ATTR: {"study": "s", "trial": src.number}})
+    dead_id = companion.study._storage.create_new_trial(companion.study._study_id, template_trial=template)
+    st.storage.record_heartbeat(dead_id)
+    with pytest.raises(StudyError) as err:
+        prepare_retrain(st.storage, "s", src.number, "full", TINY)
+    assert "is being retrained now" in str(err.value) and "trial 2 of 's@full' (RUNNING)" in str(err.value)
+    with sqlite3.connect(db) as con:  # as if the process had died an hour ago
+        con.execute("update trial_heartbeats set heartbeat = datetime(heartbeat, '-1 hour') where trial_id = ?",
+                    (dead_id,))
+    request = prepare_retrain(st.storage, "s", src.number, "full", TINY)
+    assert request.resume is not None and request.resume.number == 2 and request.resume.state == TrialState.RUNNING
+    new = _start_trial(companion, request)  # what retrain() runs; training it again is covered above
+    dead = st.storage.get_trial(dead_id)
+    assert dead.state == TrialState.FAIL and "no heartbeat" in dead.user_attrs[FAIL_REASON]
+    assert new.number == 3 and new.params == src.params
+    assert st.storage.get_trial(new._trial_id).user_attrs[SOURCE_ATTR] == {"study": "s", "trial": src.number}
 
 
 def test_bad_input_is_refused_and_writes_nothing(tmp_path):
