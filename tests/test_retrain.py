@@ -30,10 +30,10 @@ TINY = {"steps": 3, "train_examples": 32, "eval_examples": 16, "batch_size": 8, 
 LORA = "name: l\nplacement: all\nmodules: {lora: {sizes: [0, 4], sites: [q, v]}}"
 
 
-def make_source(db, name="s", fidelity=Fidelity(), n=3):
+def make_source(db, name="s", fidelity=None, n=3):
     """A study on MiniLM's shape, at the default (search) fidelity, filled by the arithmetic stand-in."""
     st, _ = create_or_load(open_storage(f"sqlite:///{db}"), name, parse_space(LORA), model_dims(load_config("minilm")),
-                           fidelity, sampler=optuna.samplers.RandomSampler(seed=0))
+                           fidelity or Fidelity(), sampler=optuna.samplers.RandomSampler(seed=0))
     run_worker(st, ArithmeticEvaluator(), n_trials=n)
     return st
 
