@@ -20,7 +20,7 @@ app.add_typer(space_app, name="space")
 console = Console()
 err_console = Console(stderr=True)
 
-StorageOpt = typer.Option(None, "--storage", help="SQLAlchemy URL or SQLite file [env AUTOPEFT_STORAGE; default sqlite:///autopeft.db].")
+StorageOpt = typer.Option(None, "--storage", help="SQLAlchemy URL or SQLite file (env AUTOPEFT_STORAGE; default sqlite:///autopeft.db).")
 
 
 def _fail(exc: Exception) -> None:
