@@ -146,15 +146,13 @@ def _header(study: AutopeftStudy, frame: pd.DataFrame) -> None:
         } for w in workers]), hide_index=True, width="stretch")
 
 
-def _select_from_chart() -> None:
-    """A click (or box/lasso) on a front plot shows the picked trial in the plan view."""
-    for key in ("front_chart", "matrix_chart"):
-        event = st.session_state.get(key)
-        points = (event or {}).get("selection", {}).get("points", []) if event else []
-        numbers = [int(p["customdata"][0]) for p in points if p.get("customdata") is not None]
-        if numbers:
-            st.session_state[PLAN_KEY] = list(dict.fromkeys(numbers))[:2]
-            return
+def _select_from_chart(key: str) -> None:
+    """A click (or box/lasso) on the chart ``key`` shows the picked trials (two at most) in the plan view."""
+    event = st.session_state.get(key)
+    points = event["selection"]["points"] if event else []
+    numbers = [int(p["customdata"][0]) for p in points if p.get("customdata") is not None]
+    if numbers:
+        st.session_state[PLAN_KEY] = list(dict.fromkeys(numbers))[:2]
 
 
 def _select_from_table() -> None:
@@ -171,7 +169,7 @@ def _front_section(study: AutopeftStudy, frame: pd.DataFrame, key: tuple, fideli
     objectives = study.objectives
     views = ["pair"] + (["pairwise matrix", "3-D"] if len(objectives) >= 3 else [])
     c1, c2, c3, c4 = st.columns([1, 1, 1, 1])
-    mode = c1.radio("View", views, horizontal=True) if len(views) > 1 else "pair"
+    mode = c1.radio("View", views, horizontal=True, key="front_view") if len(views) > 1 else "pair"
     selected = st.session_state.get(PLAN_KEY, [])
     if mode == "pair":
         x = c2.selectbox("x axis", objectives, format_func=F.label,
@@ -190,8 +188,8 @@ def _front_section(study: AutopeftStudy, frame: pd.DataFrame, key: tuple, fideli
             st.warning(str(exc))
             recorded = None
         fig = F.front_figure(view, x, y, log_x=log_x, selected=selected, recorded=recorded)
-        st.plotly_chart(fig, key="front_chart", on_select=_select_from_chart, selection_mode=("points", "box", "lasso"),
-                        width="stretch")
+        st.plotly_chart(fig, key="front_chart", on_select=lambda: _select_from_chart("front_chart"),
+                        selection_mode=("points", "box", "lasso"), width="stretch")
         hidden = int((view.points[x] <= 0).sum()) if log_x else 0
         st.caption(f"{len(view.front)} trials on the front of {len(view.points)} completed"
                    + (" (dominance over the two axes shown)" if len(objectives) > 2 else "")
@@ -205,7 +203,8 @@ def _front_section(study: AutopeftStudy, frame: pd.DataFrame, key: tuple, fideli
     if mode == "3-D":
         st.plotly_chart(F.scatter3d_figure(view), key="front_3d", width="stretch")
     else:
-        st.plotly_chart(F.matrix_figure(view), key="matrix_chart", on_select=_select_from_chart,
+        st.plotly_chart(F.matrix_figure(view), key="matrix_chart",
+                        on_select=lambda: _select_from_chart("matrix_chart"),
                         selection_mode=("points", "box", "lasso"), width="stretch")
     st.caption(f"{len(view.front)} trials on the front over all {len(objectives)} objectives "
                f"({F.direction_note(objectives)}).")
@@ -214,6 +213,7 @@ def _front_section(study: AutopeftStudy, frame: pd.DataFrame, key: tuple, fideli
 def _progress_section(study: AutopeftStudy, frame: pd.DataFrame, key: tuple, fidelity: str) -> None:
     st.header("Search progress")
     objectives = tuple(study.objectives)
+    x = st.radio("Along", list(F.X_TITLES), format_func=F.X_TITLES.get, horizontal=True, key="progress_x")
     left, right = st.columns(2)
     default_ref = D.reference_point(frame, objectives, fidelity)
     with left:
@@ -223,7 +223,7 @@ def _progress_section(study: AutopeftStudy, frame: pd.DataFrame, key: tuple, fid
                 for o, v in zip(objectives, default_ref))
         series = _hypervolume(key, objectives, reference, fidelity, frame)
         if len(series):
-            st.plotly_chart(F.hypervolume_figure(series, objectives, reference), key="hv_chart", width="stretch")
+            st.plotly_chart(F.hypervolume_figure(series, objectives, reference, x), key="hv_chart", width="stretch")
         else:
             st.info("No completed trials at this fidelity yet.")
     with right:
@@ -231,7 +231,7 @@ def _progress_section(study: AutopeftStudy, frame: pd.DataFrame, key: tuple, fid
                                  value=float(study.budget_pct or 1.0), format="%.4g", key=f"budget:{study.name}")
         series = _budget(key, float(budget), fidelity, frame)
         if len(series) and series["best_score"].notna().any():
-            st.plotly_chart(F.budget_figure(series, budget), key="budget_chart", width="stretch")
+            st.plotly_chart(F.budget_figure(series, budget, x), key="budget_chart", width="stretch")
         else:
             st.info(f"No completed trial within {budget:g}% trainable parameters yet.")
 

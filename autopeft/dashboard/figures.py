@@ -116,34 +116,39 @@ def scatter3d_figure(view: FrontView, height: int = 620) -> go.Figure:
     return fig
 
 
+X_TITLES = {"completed_trials": "completed trials", "completed": "completed at (UTC)"}
+
+
 def hypervolume_figure(series: pd.DataFrame, objectives: Sequence[str], reference: Sequence[float],
-                       height: int = 320) -> go.Figure:
-    """Hypervolume after each completed trial (a step line), the trials that moved the front marked."""
+                       x: str = "completed_trials", height: int = 320) -> go.Figure:
+    """Hypervolume after each completed trial (a step line), the trials that moved the front marked. ``x`` is
+    ``completed_trials`` (count) or ``completed`` (time)."""
     ref = ", ".join(f"{label(o)} {v:g}" for o, v in zip(objectives, reference))
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=series["completed_trials"], y=series["hypervolume"], mode="lines", line_shape="hv",
+    fig.add_trace(go.Scatter(x=series[x], y=series["hypervolume"], mode="lines", line_shape="hv",
                              name="hypervolume", customdata=series["number"],
-                             hovertemplate="after %{x} trials: %{y:.5g}<br>last: trial %{customdata}<extra></extra>"))
+                             hovertemplate="%{x}: %{y:.5g}<br>last: trial %{customdata}<extra></extra>"))
     moved = series[series["improved"]]
-    fig.add_trace(go.Scatter(x=moved["completed_trials"], y=moved["hypervolume"], mode="markers",
+    fig.add_trace(go.Scatter(x=moved[x], y=moved["hypervolume"], mode="markers",
                              name="front moved", marker=dict(size=6, color=STYLE[FRONT]["color"]),
                              customdata=moved["number"], hovertemplate="trial %{customdata}: %{y:.5g}<extra></extra>"))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), title=dict(
         text=f"Hypervolume · reference point: {ref}", font=dict(size=13)), showlegend=False)
-    fig.update_xaxes(title="completed trials")
+    fig.update_xaxes(title=X_TITLES[x])
     fig.update_yaxes(title="hypervolume")
     return fig
 
 
-def budget_figure(series: pd.DataFrame, budget_pct: float, height: int = 320) -> go.Figure:
-    """Best score among trials within the parameter budget, after each completed trial."""
+def budget_figure(series: pd.DataFrame, budget_pct: float, x: str = "completed_trials", height: int = 320) -> go.Figure:
+    """Best score among trials within the parameter budget, after each completed trial (``x`` as in
+    :func:`hypervolume_figure`)."""
     fig = go.Figure(go.Scatter(
-        x=series["completed_trials"], y=series["best_score"], mode="lines", line_shape="hv", name="best score",
+        x=series[x], y=series["best_score"], mode="lines", line_shape="hv", name="best score",
         customdata=series["best_trial"].astype("float"),
-        hovertemplate="after %{x} trials: %{y:.4f} (trial %{customdata})<extra></extra>"))
+        hovertemplate="%{x}: %{y:.4f} (trial %{customdata})<extra></extra>"))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), showlegend=False, title=dict(
         text=f"Best score within {budget_pct:g}% trainable parameters", font=dict(size=13)))
-    fig.update_xaxes(title="completed trials")
+    fig.update_xaxes(title=X_TITLES[x])
     fig.update_yaxes(title=label("score"))
     return fig
 

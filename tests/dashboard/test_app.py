@@ -118,6 +118,10 @@ def test_two_objective_front_plan_view_and_export(monkeypatch, sqlite_url, study
     # progress: hypervolume with its reference point, best score under the budget
     assert "reference point: score (validation) 0, trainable parameters (%) 100" in figs["hv_chart"].layout.title.text
     assert figs["budget_chart"].layout.title.text == "Best score within 1% trainable parameters"
+    at.radio(key="progress_x").set_value("completed").run()  # along completion time instead of trial count
+    figs = figures(ok(at))
+    assert figs["hv_chart"].layout.xaxis.title.text == "completed at (UTC)"
+    assert figs["budget_chart"].layout.xaxis.title.text == "completed at (UTC)"
 
     # pick two trials: both plans side by side, on shared columns, each with its YAML download
     a, b = expected[-1], expected[-2]
@@ -200,16 +204,16 @@ def test_table_filters_by_objective_range_and_module_type(monkeypatch, sqlite_ur
 def test_three_objectives_pairwise_matrix_and_3d(monkeypatch, sqlite_url, study_name, make_study):
     st = make_study(sqlite_url, study_name, n_trials=10, objectives=("score", "trainable_pct", "step_time"))
     at = ok(page(monkeypatch, sqlite_url))
-    assert at.radio[0].options == ["pair", "pairwise matrix", "3-D"]
+    assert at.radio(key="front_view").options == ["pair", "pairwise matrix", "3-D"]
     x_axis = next(s for s in at.selectbox if s.label == "x axis")
     assert len(x_axis.options) == 3
-    at.radio[0].set_value("pairwise matrix").run()
+    at.radio(key="front_view").set_value("pairwise matrix").run()
     matrix = figures(ok(at))["matrix_chart"]
     assert {t.type for t in matrix.data} == {"splom"}
     assert [d.label for d in matrix.data[0].dimensions] == [D.LABELS[o] for o in st.objectives]
     full_front = sorted(t.number for t in pareto_front(st.trials(), st.space.directions))
     assert numbers(trace(matrix, "Pareto front")) == full_front
-    at.radio[0].set_value("3-D").run()
+    at.radio(key="front_view").set_value("3-D").run()
     cube = figures(ok(at))["front_3d"]
     assert {t.type for t in cube.data} == {"scatter3d"}
     assert numbers(trace(cube, "Pareto front")) == full_front
@@ -267,7 +271,7 @@ def test_the_page_never_writes_to_the_study_database(monkeypatch, tmp_path, stud
     at.multiselect(key="table_states").set_value(["FAIL"]).run()
     at.sidebar.selectbox(key="study").set_value("three").run()
     for view in ("pairwise matrix", "3-D", "pair"):
-        ok(at.radio[0].set_value(view).run())
+        ok(at.radio(key="front_view").set_value(view).run())
     at.multiselect(key=PLAN).set_value([1]).run()
     ok(at)
     assert sqlite_digest(db) == before
