@@ -249,6 +249,16 @@ def test_refresh_reads_new_trials(monkeypatch, sqlite_url, study_name, make_stud
     assert at.sidebar.selectbox(key=f"refresh:{study_name}").value == 10  # small study: refresh on
 
 
+def test_auto_refresh_starts_off_on_large_studies(monkeypatch, sqlite_url, study_name, make_study):
+    import autopeft.dashboard.app as page_module
+
+    make_study(sqlite_url, study_name, n_trials=5)
+    monkeypatch.setattr(page_module, "LARGE_STUDY", 3)  # 5 trials count as large here
+    at = ok(page(monkeypatch, sqlite_url))
+    assert at.sidebar.selectbox(key=f"refresh:{study_name}").value == 0
+    assert any("auto-refresh off" in c.value for c in at.main.caption)
+
+
 def test_live_workers_are_shown(monkeypatch, sqlite_url, study_name, make_study):
     st = make_study(sqlite_url, study_name, n_trials=2)
     Presence(st, "worker", device="cpu", worker_id="box-1").report("running", trial_number=7, force=True)
