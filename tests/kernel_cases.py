@@ -22,7 +22,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def make_case(lead, d_in, d_out, rank, bias, seed, dtype=torch.float32, device="cpu"):
     """Random x (lead..., d_in), frozen W, b, trainable A, B (B non-zero so the branch shows)."""
     g = torch.Generator().manual_seed(seed)
-    t = lambda *shape: torch.randn(*shape, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+    t = lambda *shape: torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
     x = t(*lead, d_in).requires_grad_()
     w, b = t(d_out, d_in) / d_in**0.5, (t(d_out) if bias else None)
     a, bb = (t(rank, d_in) / d_in**0.5).requires_grad_(), t(d_out, rank).requires_grad_()

@@ -3,7 +3,11 @@
     lora_linear(x, W, b, A, B, s) = x Wᵀ + b + s (x Aᵀ) Bᵀ
 
 runs as one autograd node: Triton kernels on CUDA when ``triton`` is installed (:mod:`.triton_lora`), fused BLAS
-calls otherwise (:mod:`.cpu_lora`). It falls back to the reference (autograd over plain ops) where the fused
+calls otherwise (:mod:`.cpu_lora`).
+
+    lora_experts(x, g, A, B, s) = s Σ_e g_e (x A_eᵀ) B_eᵀ
+
+runs every expert of a layer as one autograd node of two matmuls (:mod:`.cpu_experts`, torch ops on any device). It falls back to the reference (autograd over plain ops) where the fused
 paths do not apply: a base weight or bias that trains, mixed dtypes, or autocast. ``fused_kernels(False)`` turns
 the fused paths off (benchmarks compare both; a fused path suspected of a bug can be ruled out).
 """
@@ -12,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
 from autopeft.kernels import reference
+from autopeft.kernels.cpu_experts import FusedExperts
 from autopeft.kernels.cpu_lora import FusedLoRA
 
 _enabled = True
@@ -43,11 +48,9 @@ def triton_available() -> bool:
     return True
 
 
-def _fusable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_A: torch.Tensor,
-             lora_B: torch.Tensor) -> bool:
-    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
-    same_dtype = all(t.dtype == x.dtype for t in (weight, lora_A, lora_B) + ((bias,) if bias is not None else ()))
-    return _enabled and frozen and same_dtype and not torch.is_autocast_enabled(x.device.type)
+def _fusable(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    same_dtype = all(t.dtype == x.dtype for t in others if t is not None)
+    return _enabled and same_dtype and not torch.is_autocast_enabled(x.device.type)
 
 
 def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_A: torch.Tensor,
@@ -56,7 +59,8 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
     Gradients flow to x, A and B only; a trainable W or b sends the call to the reference path.
     """
-    if not _fusable(x, weight, bias, lora_A, lora_B):
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    if not (frozen and _fusable(x, weight, bias, lora_A, lora_B)):
         return reference.lora_linear(x, weight, bias, lora_A, lora_B, scaling)
     if x.is_cuda and triton_available():
         from autopeft.kernels.triton_lora import TritonLoRA
@@ -65,4 +69,15 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return FusedLoRA.apply(x, weight, bias, lora_A, lora_B, scaling)
 
 
-__all__ = ["FusedLoRA", "fused_kernels", "lora_linear", "reference", "triton_available"]
+def lora_experts(x: torch.Tensor, gates: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor,
+                 scaling: float) -> torch.Tensor:
+    """``s Σ_e g_e (x A_eᵀ) B_eᵀ``: x (N, in), gates (N, E), A (E, r, in), B (E, out, r) -> (N, out).
+
+    Gradients flow to x, the gates (hence the router), A and B.
+    """
+    if not _fusable(x, gates, lora_A, lora_B):
+        return reference.lora_experts(x, gates, lora_A, lora_B, scaling)
+    return FusedExperts.apply(x, gates, lora_A, lora_B, scaling)
+
+
+__all__ = ["FusedExperts", "FusedLoRA", "fused_kernels", "lora_experts", "lora_linear", "reference", "triton_available"]

@@ -18,6 +18,16 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return F.linear(x, weight, bias) + scaling * F.linear(F.linear(x, lora_A), lora_B)
 
 
+def lora_experts(x: torch.Tensor, gates: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor,
+                 scaling: float) -> torch.Tensor:
+    """``x`` (N, in), dense gates (N, E) -> (N, out): every expert on every token as two matmuls, gated."""
+    e, r, _ = lora_A.shape
+    h = F.linear(x, lora_A.reshape(e * r, -1))  # (N, E*r): A_e x for every expert at once
+    h = (h.view(-1, e, r) * gates.unsqueeze(-1)).reshape(-1, e * r)  # (N, E*r), g_e A_e x
+    b = lora_B.permute(1, 0, 2).reshape(-1, e * r)  # (out, E*r): [B_0 | B_1 | ... ]
+    return F.linear(h, b) * scaling  # (N, out) = s sum_e g_e B_e A_e x
+
+
 def lora_experts_loop(x: torch.Tensor, gates: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor,
                       scaling: float) -> torch.Tensor:
     """``x`` (N, in), dense gates (N, E) with zeros off each token's chosen experts -> (N, out).

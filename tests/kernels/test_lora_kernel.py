@@ -9,20 +9,35 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_cases import BF16_TOL, DEVICES, F32_TOL, make_case, rel_err, run, upcast
 from torch import nn
 
-from autopeft.kernels import FusedLoRA, fused_kernels, lora_linear, reference
+from autopeft.kernels import FusedLoRA, cpu_lora, fused_kernels, lora_linear, reference
 from autopeft.peft.modules import AdaptedLinear, DoRA, IA3Scale, LoRA
-from kernel_cases import BF16_TOL, DEVICES, F32_TOL, make_case, rel_err, run, upcast
 
 # random shapes, ranks 1-64, with and without bias (seeded: the same cases every run)
 CASES = [((5,), 17, 9, 1, True), ((2, 7), 32, 48, 4, False), ((3, 11), 40, 24, 8, True), ((1, 33), 64, 64, 16, False),
          ((4, 9), 50, 70, 33, True), ((2, 16), 96, 80, 64, False), ((2, 16), 96, 80, 64, True)]
 
 
+@pytest.fixture(params=["one block", "several blocks"])
+def blocks(request, monkeypatch):
+    """The BLAS path works on blocks of rows; small tiles make these small cases span several (uneven) blocks."""
+    if request.param == "several blocks":
+        monkeypatch.setattr(cpu_lora, "TILE_ELEMENTS", 64)
+        monkeypatch.setattr(cpu_lora, "MIN_ROWS", 5)
+    return request.param
+
+
+def test_block_rows():
+    assert cpu_lora.block_rows(10, 384, 1536) == 10  # fewer tokens than a block: one block
+    assert cpu_lora.block_rows(4096, 384, 1536) == cpu_lora.TILE_ELEMENTS // 1536
+    assert cpu_lora.block_rows(4096, 2**22, 8) == cpu_lora.MIN_ROWS
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("lead", "d_in", "d_out", "rank", "bias"), CASES)
-def test_fused_equals_reference_float32(lead, d_in, d_out, rank, bias, device):
+def test_fused_equals_reference_float32(lead, d_in, d_out, rank, bias, device, blocks):
     case = make_case(lead, d_in, d_out, rank, bias, seed=rank, device=device)
     for got, want in zip(run(FusedLoRA.apply, *case), run(reference.lora_linear, *case), strict=True):
         assert got.shape == want.shape
@@ -31,7 +46,7 @@ def test_fused_equals_reference_float32(lead, d_in, d_out, rank, bias, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("lead", "d_in", "d_out", "rank", "bias"), CASES[1::2])
-def test_fused_bfloat16_within_tolerance(lead, d_in, d_out, rank, bias, device):
+def test_fused_bfloat16_within_tolerance(lead, d_in, d_out, rank, bias, device, blocks):
     case = make_case(lead, d_in, d_out, rank, bias, seed=rank, dtype=torch.bfloat16, device=device)
     got = run(FusedLoRA.apply, *case)
     want = run(reference.lora_linear, *upcast(*case[:5]), case[5])
@@ -40,12 +55,12 @@ def test_fused_bfloat16_within_tolerance(lead, d_in, d_out, rank, bias, device):
         assert rel_err(g, w) <= BF16_TOL
 
 
-def test_fused_gradcheck_float64():
+def test_fused_gradcheck_float64(blocks):
     x, w, b, a, bb, s = make_case((2, 3), 6, 5, 2, True, seed=0, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x, a, bb: FusedLoRA.apply(x, w, b, a, bb, s), (x, a, bb))
 
 
-def test_input_without_grad_gives_only_parameter_gradients():
+def test_input_without_grad_gives_only_parameter_gradients(blocks):
     x, w, b, a, bb, s = make_case((3, 4), 12, 10, 3, True, seed=1)
     x.requires_grad_(False)
     got, want = run(FusedLoRA.apply, x, w, b, a, bb, s), run(reference.lora_linear, x, w, b, a, bb, s)

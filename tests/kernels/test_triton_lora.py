@@ -9,10 +9,9 @@ import os
 
 import pytest
 import torch
+from kernel_cases import BF16_TOL, F32_TOL, make_case, rel_err, run, upcast
 
 from autopeft.kernels import reference
-
-from kernel_cases import BF16_TOL, F32_TOL, make_case, rel_err, run, upcast
 
 triton = pytest.importorskip("triton", reason="triton is not installed (the 'gpu' extra); the Triton kernels are untested here")
 

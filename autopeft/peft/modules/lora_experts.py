@@ -5,7 +5,7 @@
 
 Gao et al. 2024, "Higher Layers Need More LoRA Experts" (MoLA), https://arxiv.org/abs/2402.08562; the router
 follows Shazeer et al. 2017 / Fedus et al. 2022. All experts run as two batched matmuls (no loop over experts):
-the non-selected ones get gate 0. Each forward stores the Switch Transformer load-balancing loss
+the non-selected ones get gate 0; :func:`autopeft.kernels.lora_experts` does it as one autograd node. Each forward stores the Switch Transformer load-balancing loss
 (Fedus et al. 2022, https://arxiv.org/abs/2101.03961, eq. 4) in ``self.aux_loss``:
 
     aux = E * sum_e f_e * P_e,   f_e = share of the N*k (token, slot) routes that go to e,  P_e = mean_t p_e(t)
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
+from autopeft.kernels import lora_experts
 from autopeft.peft.modules._init import linear_init_
 
 
@@ -72,12 +73,8 @@ class LoRAExperts(nn.Module):
         x = x.reshape(-1, shape[-1])  # (N, in)
         gates, probs, chosen = self.route(x)
         self.aux_loss = self.routing_loss(probs, chosen)
-        E, r = self.num_experts, self.rank
-        h = F.linear(x, self.lora_A.reshape(E * r, -1))  # (N, E*r): A_e x for every expert at once
-        h = (h.view(-1, E, r) * gates.to(h.dtype).unsqueeze(-1)).reshape(-1, E * r)  # (N, E*r), g_e A_e x
-        b = self.lora_B.permute(1, 0, 2).reshape(-1, E * r)  # (out, E*r): [B_0 | B_1 | ... ]
-        y = F.linear(h, b) * self.scaling  # (N, out) = sum_e g_e B_e A_e x
-        return y.view(*shape[:-1], -1)
+        y = lora_experts(x, gates.to(x.dtype), self.lora_A, self.lora_B, self.scaling)  # (N, out)
+        return y.view(*shape[:-1], -1)  # (..., out)
 
     def extra_repr(self) -> str:
         _, out, _ = self.lora_B.shape
