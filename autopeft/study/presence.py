@@ -45,7 +45,7 @@ def new_id() -> str:
 
 class Presence:
     """One process's record in the study. ``report`` is cheap to call often: it writes at most once per
-    ``min_interval`` seconds unless the state or trial changed."""
+    ``min_interval`` seconds unless the state changed."""
 
     def __init__(self, study: AutopeftStudy, role: str, device: str = "cpu", worker_id: str | None = None,
                  min_interval: float | None = None):
@@ -66,8 +66,10 @@ class Presence:
         return f"{PREFIX}{self.role}:{self.worker_id}"
 
     def report(self, state: str, trial_number: int | None = None, *, force: bool = False) -> None:
+        """Record ``state`` (and the trial being run). Written at once when the state changes; a new
+        trial number in the same state waits for the interval (one database write less per trial)."""
         now = time.time()
-        if (not force and self._last is not None and self._last[:2] == (state, trial_number)
+        if (not force and self._last is not None and self._last[0] == state
                 and now - self._last[2] < self.min_interval):
             return
         self.storage.set_study_system_attr(self.study_id, self.key, {

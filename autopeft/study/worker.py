@@ -204,12 +204,12 @@ def claim(study: AutopeftStudy, *, sample_if_empty: bool = True) -> optuna.Trial
             return None
         with single_thread():
             trial = study.study.ask(study.space.distributions())
-    else:
-        trial = optuna.Trial(study.study, trial_id)
-        for name, dist in study.space.distributions().items():
-            trial.suggest_int(name, dist.low, dist.high)  # the queued (fixed) value
-    if study.storage.get_heartbeat_interval():
-        study.storage.record_heartbeat(trial._trial_id)
+        if study.storage.get_heartbeat_interval():
+            study.storage.record_heartbeat(trial._trial_id)
+        return trial
+    trial = optuna.Trial(study.study, trial_id)  # its heartbeat was recorded as it was claimed
+    for name, dist in study.space.distributions().items():
+        trial.suggest_int(name, dist.low, dist.high)  # the queued (fixed) value
     return trial
 
 
@@ -250,8 +250,8 @@ def run_one(study: AutopeftStudy, evaluator: Evaluator, trial: optuna.Trial | No
     if trial is None:
         trial = with_retries(lambda: claim(study), "claiming a trial", deadline=deadline)
     number = trial.number
-    if presence is not None:
-        with_retries(lambda: presence.report("running", number, force=True), "reporting presence", deadline=deadline)
+    if presence is not None:  # written when the state changes, else at most once per heartbeat interval
+        with_retries(lambda: presence.report("running", number), "reporting presence", deadline=deadline)
     params = {name: int(trial.params[name]) for name in study.space.choices}
     try:
         plan = study.space.decode(params)
