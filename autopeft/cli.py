@@ -370,7 +370,7 @@ def apply(
 ) -> None:
     """Load an exported plan onto its base model (and optionally retrain it)."""
     from autopeft.export import read_plan
-    from autopeft.peft import apply_plan, count_parameters
+    from autopeft.peft import count_parameters
     from autopeft.proxy.fidelity import Fidelity
     from autopeft.proxy.models import load_classifier
 

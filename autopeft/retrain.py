@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autopeft.errors import AutopeftError, StudyError
 from autopeft.proxy.fidelity import Fidelity, TaskProfile, resolve_preset
 from autopeft.proxy.tasks import TaskData
-from autopeft.study.study import AutopeftStudy, create_or_load, load
+from autopeft.study.study import AutopeftStudy, create_or_load, load, study_names
 
 #: User attribute linking a retrained trial to the trial it retrains.
 SOURCE_ATTR = "source"
@@ -117,7 +117,7 @@ def prepare_retrain(storage: RDBStorage, study: str, trial: int, preset: str = "
         task = load_task(fidelity.task, seed=fidelity.seed)  # the trainer splits the data at its own seed
     name = companion_name(study, preset)
     resume = None
-    if name in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}:
+    if name in study_names(storage):
         companion = load(storage, name)
         diffs = [f"{key}: stored {value!r}, asked {getattr(fidelity, key)!r}"
                  for key, value in companion.fidelity.model_dump().items() if getattr(fidelity, key) != value]

@@ -27,10 +27,8 @@ from optuna.storages._rdb import models  # Optuna's table definitions (one class
 from optuna.trial import TrialState
 
 from autopeft.errors import StudyError
-from autopeft.proxy.fidelity import Fidelity
-from autopeft.space import ModelDims, SearchSpace, parse_space
 from autopeft.study.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, redact, storage_url
-from autopeft.study.study import CONFIG_ATTR, AutopeftStudy
+from autopeft.study.study import CONFIG_ATTR, AutopeftStudy, load
 
 STATES: tuple[str, ...] = ("COMPLETE", "RUNNING", "WAITING", "FAIL", "PRUNED")
 
@@ -130,25 +128,8 @@ def list_studies(storage: RDBStorage) -> list[StudyEntry]:
 
 
 def open_study(storage: RDBStorage, name: str) -> AutopeftStudy:
-    """Open an autopeft study without reading its trials.
-
-    ``autopeft.study.study.load`` checks the name with ``optuna.get_all_study_summaries``, which reads every
-    trial of every study (seconds at 5,000 trials); this reads the study list only, then builds the study
-    from its stored config the same way.
-    """
-    by_name = {s.study_name: s for s in storage.get_all_studies()}
-    if name not in by_name:
-        raise StudyError(f"study: no study named {name!r}; studies here: {', '.join(sorted(by_name)) or 'none'}")
-    config = by_name[name].user_attrs.get(CONFIG_ATTR)
-    if config is None:
-        raise StudyError(f"study: {name!r} was not made by autopeft (no {CONFIG_ATTR!r} study attribute); "
-                         "pick another study")
-    study = optuna.load_study(study_name=name, storage=storage)
-    spec = parse_space(config["space_yaml"], source=f"study {name}")
-    d = config["dims"]
-    dims = ModelDims(d["num_layers"], d["hidden_size"], tuple(d["sites"]))
-    space = SearchSpace(spec, dims, source=spec.name)
-    return AutopeftStudy(study, space, Fidelity(**config["fidelity"]), config["space_yaml"], storage)
+    """Open an autopeft study without reading its trials (``load`` reads the study list only)."""
+    return load(storage, name)
 
 
 # ----------------------------------------------------------------------------- trials

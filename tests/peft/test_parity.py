@@ -136,7 +136,7 @@ def test_lora_layers_to_transform_matches_a_plan_on_those_layers(tiny, kind):
 def test_ia3_matches_peft(tiny, kind):
     names = {s: _site_name(tiny, kind, 0, s).rsplit(".", 1)[1] for s in ("k", "v", "down")}
     if kind == "bert_cls":  # BERT's down projection is "output.dense" (its attention output is "attention.output.dense")
-        targets = [rf".*\.layer\.\d+\.attention\.self\.(key|value)|.*\.layer\.\d+\.output\.dense"]
+        targets = [r".*\.layer\.\d+\.attention\.self\.(key|value)|.*\.layer\.\d+\.output\.dense"]
         config = IA3Config(task_type="SEQ_CLS", target_modules=targets[0], feedforward_modules=r".*\.layer\.\d+\.output\.dense")
     else:
         config = IA3Config(task_type="SEQ_CLS", target_modules=list(names.values()), feedforward_modules=[names["down"]])
