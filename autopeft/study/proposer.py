@@ -75,7 +75,7 @@ def run_proposer(
         if n:
             if presence is not None:
                 with_retries(lambda: presence.report("proposing"), "reporting presence", deadline=deadline)
-            stats.proposed += with_retries(lambda: propose(study, n), "proposing", deadline=deadline)
+            stats.proposed += propose(study, n, deadline=deadline)  # retries each of its steps
             stats.batches += 1
             continue  # the queue may still be short (workers took trials meanwhile)
         if presence is not None:

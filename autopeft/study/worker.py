@@ -136,7 +136,7 @@ def fail_stale(study: AutopeftStudy) -> list[int]:
     grace = storage.grace_period or 2 * storage.get_heartbeat_interval()
     cap = getattr(_retry_callback(study), "max_retry", None)
     failed = []
-    for trial_id in storage._get_stale_trial_ids(study.study._study_id):
+    for trial_id in storage._get_stale_trial_ids(study.study._study_id) + _never_beaten(study, grace):
         trial = storage.get_trial(trial_id)
         attempts = len(trial.system_attrs.get("retry_history", [])) + 1
         reason = f"no heartbeat for over {grace} s: its worker died or hung (attempt {attempts})"
@@ -151,6 +151,34 @@ def fail_stale(study: AutopeftStudy) -> list[int]:
     for trial_id in failed:
         with_retries(lambda: requeue(study, trial_id), "re-queueing a stale trial")
     return [storage.get_trial(t).number for t in failed]
+
+
+def _never_beaten(study: AutopeftStudy, grace: float) -> list[int]:
+    """RUNNING trials with no heartbeat at all, started more than ``grace`` seconds ago.
+
+    Every autopeft process records a heartbeat right after it creates or claims a trial; a trial without
+    one was orphaned in between (its process died, or the database acknowledged the creation after the
+    connection was lost). Optuna's stale check only sees trials that have a heartbeat, so these would
+    stay RUNNING for ever. Optuna stores ``datetime_start`` in UTC from the creating process's clock, so
+    hosts should keep their clocks in sync. Reads Optuna's tables through its models: the storage API
+    does not say whether a trial has a heartbeat.
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from optuna.storages._rdb import models
+
+    cutoff = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=grace)  # the column is naive UTC
+    with study.storage.scoped_session() as session:
+        rows = (
+            session.query(models.TrialModel.trial_id)
+            .outerjoin(models.TrialHeartbeatModel, models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
+            .filter(models.TrialModel.study_id == study.study._study_id)
+            .filter(models.TrialModel.state == TrialState.RUNNING)
+            .filter(models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+            .filter(models.TrialModel._datetime_start_utc < cutoff)
+            .all()
+        )
+    return [r[0] for r in rows]
 
 
 # --------------------------------------------------------------------------- claiming
@@ -193,24 +221,37 @@ def _pop_waiting(study: AutopeftStudy) -> int | None:
     return None
 
 
-def claim(study: AutopeftStudy, *, sample_if_empty: bool = True) -> optuna.Trial | None:
+def _start_new_trial(study: AutopeftStudy, deadline: float) -> int:
+    """A new RUNNING trial with a first heartbeat (so it is failed and re-queued if its creator dies)."""
+    storage = study.study._storage  # the study's cached view of the RDB storage; Trial reads through it
+    trial_id = with_retries(lambda: storage.create_new_trial(study.study._study_id), "creating a trial", deadline=deadline)
+    if study.storage.get_heartbeat_interval():
+        with_retries(lambda: study.storage.record_heartbeat(trial_id), "recording a heartbeat", deadline=deadline)
+    return trial_id
+
+
+def _with_params(study: AutopeftStudy, trial_id: int, deadline: float) -> optuna.Trial:
+    """The trial with every parameter set: a queued trial's fixed values, else the sampler's proposal.
+    Each step is retried on its own, so an outage here never makes the caller take a second trial."""
+    trial = with_retries(lambda: optuna.Trial(study.study, trial_id), "opening a trial", deadline=deadline)
+    with single_thread():
+        for name, dist in study.space.distributions().items():
+            with_retries(lambda: trial.suggest_int(name, dist.low, dist.high), "setting a parameter", deadline=deadline)
+    return trial
+
+
+def claim(study: AutopeftStudy, *, sample_if_empty: bool = True,
+          deadline: float = DEFAULT_OUTAGE_DEADLINE) -> optuna.Trial | None:
     """Claim the oldest WAITING trial (one proposed by ``autopeft propose``, or a retry), or, when none
     waits and ``sample_if_empty``, a fresh proposal of the study's sampler. None when nothing was claimed.
     A heartbeat is recorded at once, so a worker that dies right after claiming still has its trial
     failed and re-queued."""
-    trial_id = _pop_waiting(study)
+    trial_id = with_retries(lambda: _pop_waiting(study), "claiming a trial", deadline=deadline)
     if trial_id is None:
         if not sample_if_empty:
             return None
-        with single_thread():
-            trial = study.study.ask(study.space.distributions())
-        if study.storage.get_heartbeat_interval():
-            study.storage.record_heartbeat(trial._trial_id)
-        return trial
-    trial = optuna.Trial(study.study, trial_id)  # its heartbeat was recorded as it was claimed
-    for name, dist in study.space.distributions().items():
-        trial.suggest_int(name, dist.low, dist.high)  # the queued (fixed) value
-    return trial
+        trial_id = _start_new_trial(study, deadline)
+    return _with_params(study, trial_id, deadline)
 
 
 # --------------------------------------------------------------------------- running and reporting
@@ -248,7 +289,7 @@ def run_one(study: AutopeftStudy, evaluator: Evaluator, trial: optuna.Trial | No
             presence: Presence | None = None, deadline: float = DEFAULT_OUTAGE_DEADLINE) -> FrozenTrial | None:
     """Train one trial (claimed here when not given) and report it. Returns the finished trial."""
     if trial is None:
-        trial = with_retries(lambda: claim(study), "claiming a trial", deadline=deadline)
+        trial = claim(study, deadline=deadline)
     number = trial.number
     if presence is not None:  # written when the state changes, else at most once per heartbeat interval
         with_retries(lambda: presence.report("running", number), "reporting presence", deadline=deadline)
@@ -354,7 +395,7 @@ def run_worker(
         sample = self_propose if self_propose is not None else not with_retries(
             lambda: proposer_is_live(study), "looking for a proposer", deadline=deadline)
         started = time.monotonic()
-        trial = with_retries(lambda: claim(study, sample_if_empty=sample), "claiming a trial", deadline=deadline)
+        trial = claim(study, sample_if_empty=sample, deadline=deadline)
         if trial is None:
             if idle("no queued trial"):
                 break
@@ -379,28 +420,18 @@ def run_worker(
 
 
 # --------------------------------------------------------------------------- proposing
-def _sample_new_trial(study: AutopeftStudy) -> optuna.Trial:
-    """Like ``study.ask`` but always a new trial: ``ask`` would pop a queued WAITING trial instead."""
-    storage = study.study._storage  # the study's cached view of the RDB storage; Trial reads through it
-    trial_id = storage.create_new_trial(study.study._study_id)
-    if study.storage.get_heartbeat_interval():
-        study.storage.record_heartbeat(trial_id)  # a proposer killed mid-batch leaves nothing un-failable
-    trial = optuna.Trial(study.study, trial_id)
-    for name, dist in study.space.distributions().items():
-        trial.suggest_int(name, dist.low, dist.high)
-    return trial
-
-
-def propose(study: AutopeftStudy, n: int) -> list[int]:
+def propose(study: AutopeftStudy, n: int, deadline: float = DEFAULT_OUTAGE_DEADLINE) -> list[int]:
     """Queue ``n`` sampler proposals as WAITING trials for workers to claim. Returns their numbers.
 
     The batch is pending-aware: every trial of the batch is sampled while the earlier ones are RUNNING,
     and the default sampler also counts queued (WAITING) trials as pending (see
     :class:`~autopeft.optimize.samplers.PendingAware`), so no proposal repeats a queued or running one.
     """
-    with single_thread():
-        trials = [_sample_new_trial(study) for _ in range(n)]
+    trials = [_with_params(study, _start_new_trial(study, deadline), deadline) for _ in range(n)]
     for trial in trials:
-        trial.set_user_attr("proposed", True)
-        study.storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+        def queue() -> None:
+            trial.set_user_attr("proposed", True)
+            study.storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+
+        with_retries(queue, "queueing a proposal", deadline=deadline)
     return [t.number for t in trials]

@@ -61,6 +61,19 @@ def test_a_trial_that_keeps_killing_workers_stops_at_the_cap(storage_url, study_
     assert failures[1].requeued_as == number
 
 
+def test_a_trial_orphaned_before_its_first_heartbeat_is_recovered(storage_url, study_name):
+    """A process that died between creating a trial and its first heartbeat: Optuna's stale check never
+    sees such a trial; ours fails it after the grace period and re-queues it."""
+    st = make(storage_url, study_name, heartbeat_interval=1, grace_period=1)
+    orphan = st.storage.create_new_trial(st.study._study_id)  # RUNNING, no heartbeat row
+    assert fail_stale(st) == []  # not yet past the grace period
+    time.sleep(1.5)
+    number = st.storage.get_trial(orphan).number
+    assert fail_stale(st) == [number]
+    assert "no heartbeat" in st.storage.get_trial(orphan).user_attrs[FAIL_REASON]
+    assert [t.system_attrs["failed_trial"] for t in st.trials((TrialState.WAITING,)) if "failed_trial" in t.system_attrs] == [number]
+
+
 def test_interrupt_hands_back_without_counting_a_retry(tmp_path, study_name):
     st = make(f"sqlite:///{tmp_path / 's.db'}", study_name, max_retry=0)
 
