@@ -22,6 +22,15 @@ err_console = Console(stderr=True)
 
 StorageOpt = typer.Option(None, "--storage", help="SQLAlchemy URL or SQLite file (env AUTOPEFT_STORAGE; default sqlite:///autopeft.db).")
 
+# Fidelity flags, shared by `run` and `retrain` (defaults: the quickstart's in `run`, the preset's in `retrain`).
+StepsOpt = typer.Option(None, "--steps", help="Optimizer steps per trial (quickstart: 120).")
+BatchSizeOpt = typer.Option(None, "--batch-size", help="Examples per step (quickstart: 16).")
+TrainExamplesOpt = typer.Option(None, "--train-examples", help="Training examples drawn (quickstart: 2000).")
+EvalExamplesOpt = typer.Option(None, "--eval-examples", help="Validation/test examples scored (quickstart: 600).")
+MaxLengthOpt = typer.Option(None, "--max-length", help="Max tokens per example (quickstart: 64).")
+LearningRateOpt = typer.Option(None, "--learning-rate", help="Peak learning rate (quickstart: 1e-3).")
+SeedOpt = typer.Option(None, "--seed", help="Seed for data, init and sampler (quickstart: 0).")
+
 
 def _fail(exc: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
@@ -75,13 +84,13 @@ def run(
     sampler: str = typer.Option("botorch", "--sampler", help="botorch (qLogNEHVI), random, tpe or nsga2."),
     storage: Optional[str] = StorageOpt,
     study: Optional[str] = typer.Option(None, "--study", help="Study name [default: <space>-<task>-<model>]."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per trial [120]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per step [16]."),
-    train_examples: Optional[int] = typer.Option(None, "--train-examples", help="Training examples drawn [2000]."),
-    eval_examples: Optional[int] = typer.Option(None, "--eval-examples", help="Validation/test examples scored [600]."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Max tokens per example [64]."),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Peak learning rate [1e-3]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for data, init and sampler [0]."),
+    steps: Optional[int] = StepsOpt,
+    batch_size: Optional[int] = BatchSizeOpt,
+    train_examples: Optional[int] = TrainExamplesOpt,
+    eval_examples: Optional[int] = EvalExamplesOpt,
+    max_length: Optional[int] = MaxLengthOpt,
+    learning_rate: Optional[float] = LearningRateOpt,
+    seed: Optional[int] = SeedOpt,
     objective: Optional[str] = typer.Option(None, "--objective", help="proxy (train each plan, default) or synthetic (closed-form score, no training: tests the set-up)."),
     trial_seconds: Optional[float] = typer.Option(None, "--trial-seconds", help="Synthetic objective: seconds each trial takes [0]."),
     startup_trials: int = typer.Option(8, "--startup-trials", min=1, help="Quasi-random trials before the GP proposes."),
@@ -508,13 +517,13 @@ def retrain(
     name: str = typer.Argument(..., help="Study whose trial to retrain."),
     trial: int = typer.Option(..., "--trial", help="Number of the COMPLETE trial to retrain."),
     fidelity: str = typer.Option("full", "--fidelity", help="Fidelity preset: quick, default or full (docs/tasks.md); the flags below override it."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per step."),
-    train_examples: Optional[int] = typer.Option(None, "--train-examples", help="Training examples drawn."),
-    eval_examples: Optional[int] = typer.Option(None, "--eval-examples", help="Validation/test examples scored."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Max tokens per example."),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Peak learning rate."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for data, init and dropout."),
+    steps: Optional[int] = StepsOpt,
+    batch_size: Optional[int] = BatchSizeOpt,
+    train_examples: Optional[int] = TrainExamplesOpt,
+    eval_examples: Optional[int] = EvalExamplesOpt,
+    max_length: Optional[int] = MaxLengthOpt,
+    learning_rate: Optional[float] = LearningRateOpt,
+    seed: Optional[int] = SeedOpt,
     storage: Optional[str] = StorageOpt,
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda:0."),
     again: bool = typer.Option(False, "--again", help="Retrain even when the trial was already retrained at this fidelity."),
