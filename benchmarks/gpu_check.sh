@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# GPU check for the fused kernels (issue 7), one prepared run of under 8 minutes on a machine with an NVIDIA GPU:
+#   1. records the card, driver and versions;
+#   2. runs the kernel parity tests on the GPU (tests/kernels: the BLAS and experts paths on CUDA tensors, the Triton
+#      kernels compiled for the card -- not interpreted -- against the plain-torch references, float32 and bf16);
+#   3. runs benchmarks/step_time.py on CUDA in bfloat16 (5 repeats) and keeps its Markdown table.
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]        (default: $OUT if set, else ./gpu_check)
+#
+# Needs torch with CUDA, triton, transformers, peft and pytest in $PYTHON (default: python), e.g. a CUDA build of
+# torch, then `pip install -e ".[gpu,test]"`. Every step has its own time limit; a failed step is recorded and the
+# next one still runs; the exit status is non-zero if any step failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-gpu_check}}
+mkdir -p "$out"
+py=${PYTHON:-python}
+status=0
+step() {  # step NAME LIMIT_S CMD...: run with a time limit, keep stdout+stderr in $out/NAME.txt
+  local name=$1 limit=$2; shift 2
+  echo "== $name (limit ${limit}s)"
+  local t0=$SECONDS
+  timeout "$limit" "$@" > >(tee "$out/$name.txt") 2>&1
+  local rc=$?
+  echo "$name: exit $rc after $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+unset TRITON_INTERPRET  # compiled kernels on the card
+date -u +"%Y-%m-%dT%H:%M:%SZ" > "$out/summary.txt"
+step card 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+step versions 60 "$py" -c "
+import torch, triton, transformers, peft
+assert torch.cuda.is_available(), 'torch sees no CUDA device'
+print('card', torch.cuda.get_device_name(), '| torch', torch.__version__, 'cuda', torch.version.cuda,
+      '| triton', triton.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
+step parity 180 "$py" -m pytest tests/kernels -q -p no:cacheprovider -rs
+step step_time_bf16 240 "$py" benchmarks/step_time.py --device cuda --dtype bfloat16 --repeats 5
+echo "results in $out/ (summary.txt, card.txt, versions.txt, parity.txt, step_time_bf16.txt)"
+exit $status
