@@ -60,6 +60,7 @@ class WorkerStats:
     failed: int = 0
     trial_numbers: list[int] = field(default_factory=list)
     idle_seconds: float = 0.0  # time spent waiting for a trial to claim
+    wall_seconds: float = 0.0  # time in the worker loop
     exit_reason: str = ""
 
 
@@ -359,6 +360,7 @@ def run_worker(
     rather than exiting: if one of them dies, its re-queued copy is picked up here.
     """
     stats = WorkerStats()
+    loop_start = time.monotonic()
     streak = 0  # consecutive failures: a setting that fails every trial must not spin forever
     last_reason = None
     idle_since: float | None = None
@@ -416,6 +418,7 @@ def run_worker(
             on_trial_end(finished)
     if idle_since is not None:
         stats.idle_seconds += time.monotonic() - idle_since
+    stats.wall_seconds = time.monotonic() - loop_start
     return stats
 
 
