@@ -159,9 +159,7 @@ def _idle_worker(url, name, n_trials, out):
     out.put((stats.idle_seconds, stats.wall_seconds, stats.completed))  # from entering the worker loop
 
 
-def _proposer(url, name, sampler, n_trials, stop):
-    import threading
-
+def _proposer(url, name, sampler, n_trials):
     from autopeft.optimize.samplers import make_sampler
     from autopeft.study.presence import Presence
     from autopeft.study.proposer import run_proposer
@@ -171,9 +169,7 @@ def _proposer(url, name, sampler, n_trials, stop):
 
     quiet_libraries()
     st = load(open_storage(url), name, sampler=make_sampler(sampler, seed=0))
-    event = threading.Event()
-    threading.Thread(target=lambda: (stop.wait(), event.set()), daemon=True).start()
-    run_proposer(st, n_trials=n_trials, presence=Presence(st, "proposer"), stop=event, poll_seconds=0.2)
+    run_proposer(st, n_trials=n_trials, presence=Presence(st, "proposer"), poll_seconds=0.2)  # exits at n_trials
 
 
 def idle_share(url: str, sampler: str, workers: int, per_worker: int, trial_seconds: float) -> tuple[float, float]:
@@ -181,8 +177,8 @@ def idle_share(url: str, sampler: str, workers: int, per_worker: int, trial_seco
     st = _study(url, trial_seconds)
     n_trials = workers * per_worker
     ctx = mp.get_context("spawn")
-    stop, out = ctx.Event(), ctx.Queue()
-    proposer = ctx.Process(target=_proposer, args=(url, st.name, sampler, n_trials, stop))
+    out = ctx.Queue()
+    proposer = ctx.Process(target=_proposer, args=(url, st.name, sampler, n_trials))
     proposer.start()
     time.sleep(5)  # the proposer is serving before the workers arrive (as in a deployment)
     procs = [ctx.Process(target=_idle_worker, args=(url, st.name, n_trials, out)) for _ in range(workers)]
@@ -191,8 +187,9 @@ def idle_share(url: str, sampler: str, workers: int, per_worker: int, trial_seco
     results = [out.get(timeout=1800) for _ in procs]
     for p in procs:
         p.join()
-    stop.set()
-    proposer.join(timeout=60)
+    proposer.join(timeout=120)
+    if proposer.is_alive():
+        proposer.terminate()
     idle = [r[0] for r in results]
     wall = [r[1] for r in results]
     return 100 * sum(idle) / sum(wall), statistics.median(idle)
