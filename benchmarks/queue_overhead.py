@@ -206,6 +206,7 @@ def main() -> None:
     ap.add_argument("--trial-seconds", type=float, default=5.0)
     ap.add_argument("--skip-idle", action="store_true")
     ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument("--idle-samplers", default="random,botorch")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="autopeft-bench-")
@@ -235,7 +236,7 @@ def main() -> None:
     print("| storage | proposer sampler | idle % of worker time | median idle s per worker |")
     print("|---|---|---:|---:|")
     for label, make_url in backends:
-        for sampler in ("random", "botorch"):
+        for sampler in args.idle_samplers.split(","):
             share, med = idle_share(make_url(), sampler, args.idle_workers, args.idle_trials, args.trial_seconds)
             print(f"| {label} | {sampler} | {share:.1f} | {med:.1f} |", flush=True)
 

@@ -376,7 +376,9 @@ def run_worker(
         if idle_timeout is not None and now - idle_since >= idle_timeout:
             stats.exit_reason = f"idle for {idle_timeout:g} s ({state_reason})"
             return True
-        time.sleep(poll_seconds)
+        # Poll fast right after running dry (the proposer is usually about to queue the next trial),
+        # then back off to ``poll_seconds`` so long waits cost the database little.
+        time.sleep(min(poll_seconds, 0.05 * 2 ** min(10, int((now - idle_since) / 0.25))))
         return False
 
     while True:
