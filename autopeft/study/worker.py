@@ -287,7 +287,7 @@ def _finish(study: AutopeftStudy, what: str, trial: optuna.Trial, write: Callabl
 
 
 def run_one(study: AutopeftStudy, evaluator: Evaluator, trial: optuna.Trial | None = None, *,
-            presence: Presence | None = None, deadline: float = DEFAULT_OUTAGE_DEADLINE) -> FrozenTrial | None:
+            presence: Presence | None = None, deadline: float = DEFAULT_OUTAGE_DEADLINE) -> FrozenTrial:
     """Train one trial (claimed here when not given) and report it. Returns the finished trial."""
     if trial is None:
         trial = claim(study, deadline=deadline)
