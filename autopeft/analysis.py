@@ -53,9 +53,10 @@ def pareto_rows(study: AutopeftStudy) -> list[TrialRow]:
     return [trial_row(t) for t in front]
 
 
-def state_counts(study: AutopeftStudy) -> dict[str, int]:
+def state_counts(study: AutopeftStudy, trials: list[FrozenTrial] | None = None) -> dict[str, int]:
+    """Trials per state name (the four queue states always present); ``trials`` when already read."""
     counts = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL)}
-    for t in study.trials():
+    for t in study.trials() if trials is None else trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     return counts
 

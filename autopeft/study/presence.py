@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from autopeft.study.storage import grace_seconds
 from autopeft.study.study import AutopeftStudy
 
 PREFIX = "autopeft:"
@@ -101,13 +102,17 @@ def all_presences(study: AutopeftStudy) -> list[WorkerPresence]:
     return sorted(out, key=lambda p: p.last_seen, reverse=True)
 
 
+def is_live(presence: WorkerPresence, within: float, now: float) -> bool:
+    """Reported within ``within`` seconds of ``now`` and not stopped."""
+    return presence.state != "stopped" and presence.age(now) <= within
+
+
 def live(study: AutopeftStudy, role: str = "worker", within: float | None = None) -> list[WorkerPresence]:
     """Processes of ``role`` that reported within ``within`` seconds (default: the storage's grace
     period) and have not said they stopped."""
-    if within is None:
-        within = float(study.storage.grace_period or 2 * (study.storage.get_heartbeat_interval() or 30))
+    within = grace_seconds(study.storage) if within is None else within
     now = time.time()
-    return [p for p in all_presences(study) if p.role == role and p.state != "stopped" and p.age(now) <= within]
+    return [p for p in all_presences(study) if p.role == role and is_live(p, within, now)]
 
 
 def live_workers(study: AutopeftStudy, within: float | None = None) -> list[WorkerPresence]:

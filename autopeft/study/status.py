@@ -8,7 +8,9 @@ from datetime import datetime, timedelta
 
 from optuna.trial import FrozenTrial, TrialState
 
-from autopeft.study.presence import WorkerPresence, all_presences
+from autopeft.analysis import state_counts
+from autopeft.study.presence import WorkerPresence, all_presences, is_live
+from autopeft.study.storage import grace_seconds
 from autopeft.study.study import AutopeftStudy
 from autopeft.study.worker import FAIL_REASON
 
@@ -41,12 +43,9 @@ def _requeued(trials: list[FrozenTrial]) -> dict[int, int]:
 def study_status(study: AutopeftStudy, *, now: float | None = None) -> StudyStatus:
     now = time.time() if now is None else now
     trials = study.trials()
-    counts = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL)}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    grace = float(study.storage.grace_period or 2 * (study.storage.get_heartbeat_interval() or 30))
+    counts = state_counts(study, trials)
+    grace = grace_seconds(study.storage)
     presences = all_presences(study)
-    is_live = lambda p: p.state != "stopped" and p.age(now) <= grace  # noqa: E731
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete and t.datetime_start]
     # Optuna stamps trials with the local wall clock of the process that finished them.
     local_now = datetime.fromtimestamp(now)
@@ -64,8 +63,8 @@ def study_status(study: AutopeftStudy, *, now: float | None = None) -> StudyStat
     ]
     return StudyStatus(
         name=study.name, counts=counts,
-        workers=[p for p in presences if p.role == "worker" and is_live(p)],
-        proposers=[p for p in presences if p.role == "proposer" and is_live(p)],
-        gone=[p for p in presences if not is_live(p)],
+        workers=[p for p in presences if p.role == "worker" and is_live(p, grace, now)],
+        proposers=[p for p in presences if p.role == "proposer" and is_live(p, grace, now)],
+        gone=[p for p in presences if not is_live(p, grace, now)],
         completed_last_hour=last_hour, trials_per_hour=rate, mean_trial_seconds=mean, failures=failures,
     )

@@ -23,6 +23,12 @@ HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 120
 MAX_RETRY = 2
 
+def grace_seconds(storage: RDBStorage) -> float:
+    """How long a trial, or a process's presence, may be silent before it counts as dead: the storage's
+    grace period, else Optuna's default of twice the heartbeat interval."""
+    return float(storage.grace_period or 2 * (storage.get_heartbeat_interval() or HEARTBEAT_INTERVAL))
+
+
 #: Trial attributes that describe one attempt; a re-queued copy starts without them.
 ATTEMPT_ATTRS = ("fail_reason", "traceback", "metrics", "worker")
 

@@ -38,6 +38,7 @@ from autopeft.plan import PeftPlan
 from autopeft.proxy.train import TrialMetrics
 from autopeft.study.presence import Presence, live
 from autopeft.study.retry import DEFAULT_OUTAGE_DEADLINE, with_retries
+from autopeft.study.storage import grace_seconds
 from autopeft.study.study import AutopeftStudy
 
 FAIL_REASON = "fail_reason"
@@ -134,7 +135,7 @@ def fail_stale(study: AutopeftStudy) -> list[int]:
     storage = study.storage
     if not storage.get_heartbeat_interval():
         return []
-    grace = storage.grace_period or 2 * storage.get_heartbeat_interval()
+    grace = grace_seconds(storage)
     cap = getattr(_retry_callback(study), "max_retry", None)
     failed = []
     for trial_id in storage._get_stale_trial_ids(study.study._study_id) + _never_beaten(study, grace):
