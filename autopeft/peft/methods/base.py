@@ -10,6 +10,7 @@ subclass, importable without torch, read by the plan, the search-space schema an
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from types import ModuleType
 from typing import Any, ClassVar, Literal, Union
 
@@ -75,7 +76,7 @@ class SizedSpace(Strict):
 
 
 # --------------------------------------------------------------------------- the method descriptor
-class Method:
+class Method(ABC):
     """One PEFT method: its sites, knobs, parameter count and YAML block. Subclasses fill the class attributes.
 
     ``kind`` tells the search-space codec how the method is searched: ``sized`` (a size, 0 = off),
@@ -134,9 +135,9 @@ class Method:
         alpha = 2.0 * spec.size if spec.alpha is None else spec.alpha
         return alpha / spec.size
 
+    @abstractmethod
     def count(self, spec: Any, arch: Any, config: Any) -> int:
         """Parameters one module adds on its own."""
-        raise NotImplementedError
 
     def shared_count(self, specs: list[Any], arch: Any, config: Any) -> int:
         """Parameters shared by all modules of this method in a plan (counted once); 0 for most methods."""
