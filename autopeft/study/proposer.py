@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from optuna.trial import TrialState
 
+from autopeft.analysis import state_counts
 from autopeft.study.presence import Presence, live_workers
 from autopeft.study.retry import DEFAULT_OUTAGE_DEADLINE, with_retries
 from autopeft.study.study import AutopeftStudy
@@ -33,13 +33,15 @@ def queue_target(study: AutopeftStudy, queue_depth: int | None) -> int:
     return len(live_workers(study)) + 1
 
 
-def batch_size(study: AutopeftStudy, *, queue_depth: int | None, n_trials: int | None, max_batch: int) -> int:
-    """How many proposals to queue now: fill the queue to its target, never past ``n_trials`` in all."""
-    waiting = study.count(TrialState.WAITING)
+def batch_size(study: AutopeftStudy, *, queue_depth: int | None, n_trials: int | None, max_batch: int,
+               counts: dict[str, int] | None = None) -> int:
+    """How many proposals to queue now: fill the queue to its target, never past ``n_trials`` in all.
+    ``counts``: trials per state, when already read."""
+    counts = counts or state_counts(study)
+    waiting = counts["WAITING"]
     want = queue_target(study, queue_depth) - waiting
     if n_trials is not None:
-        open_trials = study.count(TrialState.COMPLETE) + study.count(TrialState.RUNNING) + waiting
-        want = min(want, n_trials - open_trials)
+        want = min(want, n_trials - (counts["COMPLETE"] + counts["RUNNING"] + waiting))
     return max(0, min(want, max_batch))
 
 
@@ -64,9 +66,10 @@ def run_proposer(
     while not stop.is_set():
         def round_() -> int:
             fail_stale(study)
-            if n_trials is not None and study.count(TrialState.COMPLETE) >= n_trials:
+            counts = state_counts(study)  # one read of the trials per round
+            if n_trials is not None and counts["COMPLETE"] >= n_trials:
                 return -1
-            return batch_size(study, queue_depth=queue_depth, n_trials=n_trials, max_batch=max_batch)
+            return batch_size(study, queue_depth=queue_depth, n_trials=n_trials, max_batch=max_batch, counts=counts)
 
         n = with_retries(round_, "checking the queue", deadline=deadline)
         if n < 0:
