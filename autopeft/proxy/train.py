@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field, fields
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -189,6 +189,37 @@ class ProxyTrainer:
             order.extend(epoch)
         return [order[s * batch_size : (s + 1) * batch_size] for s in range(steps)]
 
+    def train_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The fidelity's ``steps`` training batches, in order, collated on the device."""
+        f = self.fidelity
+        pad = self.tokenizer.pad_token_id
+        for idx in self._batches(f.steps, f.batch_size, f.seed):
+            yield _collate(self.train_data, idx, pad, self.device)
+
+    def make_optimizer(self, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """AdamW over the trainable parameters, with linear warm-up then linear decay to 0 over ``steps``."""
+        f = self.fidelity
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=f.learning_rate, weight_decay=f.weight_decay)
+        warmup = max(1, int(f.warmup_ratio * f.steps))
+
+        def lr_lambda(step: int) -> float:  # linear warm-up, then linear decay to 0
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (f.steps - step) / max(1, f.steps - warmup))
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+
+    def step_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The task loss of one batch plus the weighted auxiliary (load-balancing) loss, a scalar."""
+        from autopeft.peft import auxiliary_loss
+
+        loss = model(**batch).loss
+        aux = auxiliary_loss(model)
+        if aux is not None and self.fidelity.aux_loss_weight > 0:
+            loss = loss + self.fidelity.aux_loss_weight * aux
+        return loss
+
     @torch.inference_mode()
     def evaluate(self, model: torch.nn.Module, data: _Encoded, batch_size: int = 64) -> float:
         model.eval()
@@ -205,47 +236,15 @@ class ProxyTrainer:
                 pred[i] = p
         return score_predictions(pred, data.labels, self.task.metric, self.num_labels)
 
-    def run(self, plan: PeftPlan, on_step: Callable[[int, float], None] | None = None) -> TrialMetrics:
-        """Train ``plan`` and return its metrics; raises :class:`TrialFailed` on a non-finite loss."""
-        from autopeft.peft import adapter_state_dict, auxiliary_loss, count_parameters, plan_parameter_count
+    def finish(self, model: torch.nn.Module, plan: PeftPlan, losses: Sequence[float], step_times: Sequence[float],
+               peak_mb: float, t0: float) -> TrialMetrics:
+        """Score the trained ``model`` on the validation and test splits and build its metrics record.
 
-        f = self.fidelity
-        t0 = time.perf_counter()
-        torch.manual_seed(f.seed)
-        model = self.build_model(plan)
+        ``losses`` and ``step_times`` are per step; ``t0`` is the trial's ``time.perf_counter()`` start.
+        """
+        from autopeft.peft import adapter_state_dict, count_parameters, plan_parameter_count
+
         trainable, _ = count_parameters(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=f.learning_rate, weight_decay=f.weight_decay)
-        warmup = max(1, int(f.warmup_ratio * f.steps))
-
-        def lr_lambda(step: int) -> float:  # linear warm-up, then linear decay to 0
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (f.steps - step) / max(1, f.steps - warmup))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-        losses: list[float] = []
-        step_times: list[float] = []
-        pad = self.tokenizer.pad_token_id
-        with _PeakMemory(self.device) as mem:
-            model.train()
-            for step, idx in enumerate(self._batches(f.steps, f.batch_size, f.seed)):
-                ts = time.perf_counter()
-                batch = _collate(self.train_data, idx, pad, self.device)
-                loss = model(**batch).loss
-                aux = auxiliary_loss(model)
-                if aux is not None and f.aux_loss_weight > 0:
-                    loss = loss + f.aux_loss_weight * aux
-                if not torch.isfinite(loss):
-                    raise TrialFailed(f"loss became {loss.item()} at step {step}; the plan diverged at lr {f.learning_rate}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(loss.item())
-                step_times.append(time.perf_counter() - ts)
-                if on_step is not None:
-                    on_step(step, losses[-1])
         score = self.evaluate(model, self.eval_data)
         test_score = self.evaluate(model, self.test_data)
         tail = losses[-max(1, len(losses) // 10) :]
@@ -259,8 +258,36 @@ class ProxyTrainer:
             base_params=self.base_params,
             trainable_pct=100.0 * trainable / self.base_params,
             step_time=sum(timed) / len(timed),
-            peak_memory=mem.peak_mb,
+            peak_memory=peak_mb,
             train_loss=sum(tail) / len(tail),
             wall_time=time.perf_counter() - t0,
             adapter_state={name: t.to("cpu") for name, t in adapter_state_dict(model).items()},
         )
+
+    def run(self, plan: PeftPlan, on_step: Callable[[int, float], None] | None = None) -> TrialMetrics:
+        """Train ``plan`` and return its metrics; raises :class:`TrialFailed` on a non-finite loss."""
+        f = self.fidelity
+        t0 = time.perf_counter()
+        torch.manual_seed(f.seed)
+        model = self.build_model(plan)
+        opt, sched = self.make_optimizer(model)
+        losses: list[float] = []
+        step_times: list[float] = []
+        with _PeakMemory(self.device) as mem:
+            model.train()
+            batches = self.train_batches()
+            for step in range(f.steps):
+                ts = time.perf_counter()
+                batch = next(batches)
+                loss = self.step_loss(model, batch)
+                if not torch.isfinite(loss):
+                    raise TrialFailed(f"loss became {loss.item()} at step {step}; the plan diverged at lr {f.learning_rate}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+                step_times.append(time.perf_counter() - ts)
+                if on_step is not None:
+                    on_step(step, losses[-1])
+        return self.finish(model, plan, losses, step_times, mem.peak_mb, t0)
