@@ -64,7 +64,12 @@ def print_pareto(study, title: str | None = None) -> None:
 def _fidelity(**values):
     from autopeft.proxy.fidelity import Fidelity
 
-    return Fidelity.build({k: v for k, v in values.items() if v is not None})
+    given = {k: v for k, v in values.items() if v is not None}
+    if given.get("objective") == "replay" and given.get("table"):  # the table's fidelity, unless a flag says more
+        from autopeft.proxy.replay import load_table
+
+        given = {**load_table(given["table"]).fidelity.model_dump(), **given}
+    return Fidelity.build(given)
 
 
 @app.callback(invoke_without_command=True)
@@ -91,7 +96,8 @@ def run(
     max_length: Optional[int] = MaxLengthOpt,
     learning_rate: Optional[float] = LearningRateOpt,
     seed: Optional[int] = SeedOpt,
-    objective: Optional[str] = typer.Option(None, "--objective", help="proxy (train each plan, default) or synthetic (closed-form score, no training: tests the set-up)."),
+    objective: Optional[str] = typer.Option(None, "--objective", help="proxy (train each plan, default), synthetic (closed-form score, no training: tests the set-up) or replay (scores from --table)."),
+    table: Optional[str] = typer.Option(None, "--table", help="Replay objective: table of trained plans (benchmarks/build_table.py)."),
     trial_seconds: Optional[float] = typer.Option(None, "--trial-seconds", help="Synthetic objective: seconds each trial takes [0]."),
     startup_trials: int = typer.Option(8, "--startup-trials", min=1, help="Quasi-random trials before the GP proposes."),
     device: str = typer.Option("cpu", "--device", help="Torch device for training, e.g. cpu or cuda:0."),
@@ -105,7 +111,7 @@ def run(
     try:
         fid = _fidelity(task=task, model=model, steps=steps, batch_size=batch_size, train_examples=train_examples,
                         eval_examples=eval_examples, max_length=max_length, learning_rate=learning_rate, seed=seed,
-                        objective=objective, trial_seconds=trial_seconds)
+                        objective=objective, trial_seconds=trial_seconds, table=table)
         st, created = prepare_study(space, fid, storage=storage, study_name=study, sampler=sampler)
     except AutopeftError as exc:
         _fail(exc)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from autopeft.errors import StudyError
 
@@ -38,10 +38,25 @@ class Fidelity(BaseModel):
     weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay.")
     aux_loss_weight: float = Field(0.01, ge=0, description="Weight of the experts' load-balancing loss.")
     seed: int = Field(0, ge=0, description="Seed for data order, module init and dropout.")
-    objective: Literal["proxy", "synthetic"] = Field(
+    objective: Literal["proxy", "synthetic", "replay"] = Field(
         "proxy", description="'proxy' trains the plan; 'synthetic' scores it with a cheap closed-form function "
-        "(no training) to exercise workers, queue and storage.")
-    trial_seconds: float = Field(0.0, ge=0, le=86400, description="Synthetic objective only: seconds each trial takes.")
+        "(no training) to exercise workers, queue and storage; 'replay' answers it from a table of plans trained "
+        "earlier (--table).")
+    trial_seconds: float = Field(0.0, ge=0, le=86400,
+                                 description="Synthetic and replay objectives: seconds each trial takes.")
+    table: Optional[str] = Field(None, validate_default=True,
+                                 description="Replay objective only: the table of trained plans (JSON lines).")
+
+    @field_validator("table")
+    @classmethod
+    def _table_with_replay(cls, value: Optional[str], info: ValidationInfo) -> Optional[str]:
+        objective = info.data.get("objective", "proxy")
+        if objective == "replay" and not value:
+            raise ValueError("the replay objective needs a table; pass --table FILE (benchmarks/build_table.py "
+                             "builds one)")
+        if objective != "replay" and value:
+            raise ValueError("a table is used by the replay objective only; pass --objective replay or drop --table")
+        return value
 
     @classmethod
     def build(cls, values: Mapping[str, Any]) -> "Fidelity":
@@ -59,6 +74,8 @@ class Fidelity(BaseModel):
     def describe(self) -> str:
         if self.objective == "synthetic":
             return f"synthetic objective on the {self.model} shape, {self.trial_seconds:g} s per trial"
+        if self.objective == "replay":
+            return f"replay of {self.table} ({self.model} on {self.task}, {self.steps} steps x {self.batch_size})"
         return (
             f"{self.model} on {self.task}: {self.steps} steps x {self.batch_size}, "
             f"{self.train_examples} train / {self.eval_examples} eval examples, max {self.max_length} tokens"

@@ -51,9 +51,13 @@ class SyntheticEvaluator:
 
 
 def make_evaluator(fidelity: Fidelity, device: str = "cpu"):
-    """The evaluator a worker uses for ``fidelity``: proxy training, or the synthetic objective."""
+    """The evaluator a worker uses for ``fidelity``: proxy training, the synthetic or the replay objective."""
     if fidelity.objective == "synthetic":
         return SyntheticEvaluator(fidelity)
+    if fidelity.objective == "replay":
+        from autopeft.proxy.replay import ReplayEvaluator
+
+        return ReplayEvaluator(fidelity)
     from autopeft.proxy.train import ProxyTrainer
 
     return ProxyTrainer(fidelity, device)

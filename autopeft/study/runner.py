@@ -59,6 +59,10 @@ def prepare_study(
     dims = model_dims(load_config(fidelity.model))
     if fidelity.objective == "proxy":
         load_task(fidelity.task, seed=fidelity.seed)
+    elif fidelity.objective == "replay":  # the table exists and was trained at this fidelity
+        from autopeft.proxy.replay import load_table
+
+        load_table(fidelity.table).check_fidelity(fidelity)
     make_sampler(sampler, seed=fidelity.seed)
     name = study_name or default_study_name(spec, fidelity)
     return create_or_load(open_storage(storage), name, spec, dims, fidelity)

@@ -1,0 +1,250 @@
+"""Build the tabular benchmark: a fixed, seeded set of plans trained for real at the quickstart fidelity.
+
+Each plan is trained once with :class:`autopeft.proxy.train.ProxyTrainer` (the trainer workers use) and
+its metrics go into a JSON-lines table under ``benchmarks/data/``. The replay objective
+(``--objective replay --table <file>``, :mod:`autopeft.proxy.replay`) answers trials from the table, so a
+whole search runs in seconds and samplers can be compared on real scores (``benchmarks/search_quality.py``).
+
+The plan set, in order:
+
+* the hand-made baselines (:func:`baseline_plans`): head only (every study's anchor), LoRA r=8 on q,v,
+  a serial (Pfeiffer) adapter, a parallel adapter, prefix tuning, (IA)3 and MoLA 2-4-6-8;
+* ``--plans`` plans sampled from the space (``search_spaces/full.yaml``) with ``--seed``
+  (:func:`sampled_plans`), decoded through :class:`autopeft.space.SearchSpace` exactly as trials are.
+
+The file's first line is a header (fidelity, space, model shape, code version, plan seed); each further
+line is one plan. A rerun with the same settings skips the plans already in the file, so the build can
+be stopped at any time and continued later, also on another machine:
+
+    nice -n 19 python benchmarks/build_table.py --plans 400 --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "data" / "table_rotten_tomatoes_minilm.jsonl"
+DEFAULT_SPACE = ROOT / "search_spaces" / "full.yaml"
+FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------- the plans
+def baseline_plans(num_layers: int) -> dict[str, Any]:
+    """The hand-made baselines as plans, by name (sizes as the methods' papers use them at this scale)."""
+    from autopeft.plan import ModuleSpec, PeftPlan
+
+    def every_layer(*modules: ModuleSpec) -> PeftPlan:
+        return PeftPlan.from_modules(num_layers, {i: modules for i in range(num_layers)})
+
+    # MoLA (Gao et al. 2024) splits the layers into four groups by depth with 2, 4, 6 and 8 experts.
+    mola_counts = [(2, 4, 6, 8)[4 * i // num_layers] for i in range(num_layers)]
+    mola = PeftPlan.from_modules(num_layers, {
+        i: [ModuleSpec("lora_experts", s, 8, num_experts=n, top_k=2) for s in ("q", "v")]
+        for i, n in enumerate(mola_counts)})
+    return {
+        "head only": PeftPlan(num_layers),
+        "LoRA r=8 q,v": every_layer(ModuleSpec("lora", "q", 8), ModuleSpec("lora", "v", 8)),
+        "serial adapter (Pfeiffer) 48": every_layer(ModuleSpec("serial_adapter", "ffn", 48)),
+        "parallel adapter 48": every_layer(ModuleSpec("parallel_adapter", "ffn", 48)),
+        "prefix 16": every_layer(ModuleSpec("prefix", "attn", 16)),
+        "(IA)3": every_layer(*(ModuleSpec("ia3", s) for s in ("k", "v", "down"))),
+        "MoLA 2-4-6-8 r=8 q,v": mola,
+    }
+
+
+def _has_off(values: list[Any]) -> bool:
+    """The parameter's first choice is 0: an on/off switch, a size or an expert count where 0 means none."""
+    return values[0] == 0
+
+
+def sample_params(space, rng: random.Random) -> dict[str, int]:
+    """One parameter vector: a density ``p ~ U(0.05, 0.95)`` for the plan; every parameter with an off value
+    (switches, sizes and expert counts whose first choice is 0) is on with probability ``p`` (then uniform over
+    its other choices), every other parameter uniform over its choices.
+
+    Why not uniform over every parameter (``SearchSpace.sample``): with ~60 on/off switches and sizes where 0
+    is one choice of many, uniform draws switch on most module types on about half the layers in every plan,
+    so every plan lands near the same (large) size and the cheap half of the front would hold no recorded plan.
+    """
+    p = rng.uniform(0.05, 0.95)
+    out = {}
+    for name, vals in space.choices.items():
+        if _has_off(vals):
+            out[name] = 1 + rng.randrange(len(vals) - 1) if rng.random() < p else 0
+        else:
+            out[name] = rng.randrange(len(vals))
+    return out
+
+
+def sampled_plans(space, n: int, seed: int) -> Iterator[tuple[str, dict[str, int], Any]]:
+    """``n`` distinct plans (id, params, plan), always the same ones for the same space, ``n`` prefix and seed."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    draw = 0
+    while len(seen) < n:
+        params = sample_params(space, rng)
+        plan = space.decode(params)
+        key = plan_key(plan)
+        draw += 1
+        if key in seen:
+            continue
+        seen.add(key)
+        yield f"sample-{seed}-{draw}", params, plan
+
+
+def plan_key(plan) -> str:
+    from autopeft.proxy.replay import plan_key as key
+
+    return key(plan)
+
+
+# --------------------------------------------------------------------------- the file
+def code_version() -> str:
+    """The git commit (with ``-dirty`` for local changes), else the package version."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import version
+
+    return "autopeft " + version("autopeft")
+
+
+def make_header(fidelity, spec_yaml: str, dims, seed: int) -> dict[str, Any]:
+    return {
+        "kind": "header", "format": FORMAT_VERSION, "fidelity": fidelity.model_dump(), "space_yaml": spec_yaml,
+        "dims": {"num_layers": dims.num_layers, "hidden_size": dims.hidden_size, "sites": list(dims.sites)},
+        "plan_seed": seed, "code_version": code_version(), "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": "python benchmarks/build_table.py " + " ".join(sys.argv[1:]),
+    }
+
+
+def read_existing(path: Path, header: dict[str, Any]) -> set[str]:
+    """Ids of the plans already in ``path``; refuses a file made with another fidelity, space or plan seed."""
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    lines = path.read_text().splitlines()
+    from autopeft.proxy.fidelity import Fidelity
+
+    old = json.loads(lines[0])
+    # Read the stored fidelity through the model, so fields added since the file was made take their defaults.
+    old["fidelity"] = Fidelity(**old["fidelity"]).model_dump()
+    for key in ("fidelity", "space_yaml", "dims", "plan_seed"):
+        if old.get(key) != header[key]:
+            sys.exit(f"{path}: made with another {key} ({old.get(key)!r} vs {header[key]!r}); "
+                     "pass another --out to start a new table")
+    done = set()
+    for line in lines[1:]:
+        try:
+            done.add(json.loads(line)["id"])
+        except (json.JSONDecodeError, KeyError):
+            continue  # a line cut short by a kill: that plan runs again
+    return done
+
+
+# --------------------------------------------------------------------------- training
+_TRAINER = None
+
+
+def _init_worker(fidelity_dict: dict[str, Any], threads: int) -> None:
+    global _TRAINER
+    import torch
+
+    from autopeft.proxy.fidelity import Fidelity
+    from autopeft.proxy.train import ProxyTrainer
+    from autopeft.study.runner import quiet_libraries
+
+    torch.set_num_threads(threads)
+    quiet_libraries()
+    _TRAINER = ProxyTrainer(Fidelity(**fidelity_dict))
+
+
+def _train(job: tuple[str, str, dict[str, int] | None, dict[str, Any]]) -> dict[str, Any]:
+    from autopeft.plan import PeftPlan
+
+    plan_id, name, params, plan_dict = job
+    plan = PeftPlan.from_dict(plan_dict)
+    row: dict[str, Any] = {"id": plan_id, "name": name, "params": params, "plan": plan_dict,
+                           "summary": plan.summary()}
+    try:
+        m = _TRAINER.run(plan).to_dict()
+        row.update(state="COMPLETE", **{k: m[k] for k in (
+            "score", "test_score", "metric", "trainable_params", "module_params", "base_params", "trainable_pct",
+            "step_time", "peak_memory", "train_loss", "wall_time")})
+    except Exception as exc:  # a diverged plan is a result too (the search sees it fail)
+        row.update(state="FAIL", reason=f"{type(exc).__name__}: {exc}"[:500])
+    row["code_version"] = code_version()
+    return row
+
+
+def jobs(space, n: int, seed: int) -> list[tuple[str, str, dict[str, int] | None, dict[str, Any]]]:
+    from autopeft.errors import SpaceError
+
+    out = []
+    for name, plan in baseline_plans(space.dims.num_layers).items():
+        try:
+            params = space.encode(plan)
+        except SpaceError:
+            params = None  # not expressible in the space (e.g. 6 experts): recorded, never replayed by params
+        out.append(("baseline:" + name, name, params, plan.to_dict()))
+    out += [(pid, "", params, plan.to_dict()) for pid, params, plan in sampled_plans(space, n, seed)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--plans", type=int, default=400, help="sampled plans (the baselines come on top)")
+    ap.add_argument("--workers", type=int, default=1, help="training processes")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the sampled plan set")
+    ap.add_argument("--space", default=str(DEFAULT_SPACE))
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    args = ap.parse_args(argv)
+
+    from autopeft.proxy.fidelity import Fidelity
+    from autopeft.proxy.models import load_config, model_dims
+    from autopeft.space import SearchSpace, load_space
+    from autopeft.study.study import canonical_yaml
+
+    fidelity = Fidelity()  # the quickstart fidelity: what `autopeft run` trains with
+    spec = load_space(args.space)
+    dims = model_dims(load_config(fidelity.model))
+    space = SearchSpace(spec, dims, source=args.space)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = make_header(fidelity, canonical_yaml(spec), dims, args.seed)
+    done = read_existing(out, header)
+    todo = [j for j in jobs(space, args.plans, args.seed) if j[0] not in done]
+    print(f"{out}: {len(done)} plans recorded, {len(todo)} to train ({fidelity.describe()})", flush=True)
+    if not out.exists() or out.stat().st_size == 0:
+        out.write_text(json.dumps(header) + "\n")
+    if not todo:
+        return
+    t0 = time.monotonic()
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.workers, initializer=_init_worker, initargs=(fidelity.model_dump(), args.threads)) as pool:
+        for k, row in enumerate(pool.imap(_train, todo), 1):
+            with out.open("a") as f:  # one line per plan, flushed at once: a kill loses at most the running plans
+                f.write(json.dumps(row) + "\n")
+            rate = (time.monotonic() - t0) / k
+            print(f"[{k}/{len(todo)}] {row['id']} {row['state']} score={row.get('score')} "
+                  f"params={row.get('trainable_params')} wall={row.get('wall_time', 0):.1f}s "
+                  f"(mean {rate:.1f} s/plan) {row['summary'][:80]}", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
