@@ -23,12 +23,14 @@ class ArchSpec:
     ``layers_path`` is the dotted path of the block list inside the base model (the submodule named by
     ``model.base_model_prefix``); ``attention_path`` and ``site_paths`` are dotted paths inside one block.
     ``attention_path`` names the module that calls the attention function (it receives prefix key/values).
+    ``embeddings_path`` (inside the base model) names the module that turns token ids into the first block's input.
     """
 
     family: str
     layers_path: str
     attention_path: str
     site_paths: Mapping[str, str] = field(default_factory=dict)
+    embeddings_path: str = ""
 
     # ---------------------------------------------------------------- config
     def num_layers(self, config: Any) -> int:
@@ -79,6 +81,10 @@ class ArchSpec:
     def layers(self, model: nn.Module) -> list[nn.Module]:
         return list(_resolve(self.base_model(model), self.layers_path))
 
+    def embeddings(self, model: nn.Module) -> nn.Module | None:
+        """The input embedding module (``None`` when the family does not name it)."""
+        return _resolve(self.base_model(model), self.embeddings_path) if self.embeddings_path else None
+
     def attention(self, layer: nn.Module) -> nn.Module:
         return _resolve(layer, self.attention_path)
 
@@ -109,6 +115,7 @@ _BERT_FAMILY = ArchSpec(
         "up": "intermediate.dense",
         "down": "output.dense",
     },
+    embeddings_path="embeddings",
 )
 
 _LLAMA_FAMILY = ArchSpec(
@@ -124,6 +131,7 @@ _LLAMA_FAMILY = ArchSpec(
         "up": "mlp.up_proj",
         "down": "mlp.down_proj",
     },
+    embeddings_path="embed_tokens",
 )
 
 #: ``config.model_type`` -> injection rules. Add a family with :func:`register_arch`.

@@ -58,6 +58,30 @@ class Fidelity(BaseModel):
             raise ValueError("a table is used by the replay objective only; pass --objective replay or drop --table")
         return value
 
+    # Throughput options. Each changes which numbers a trial computes (batch composition, dropout, rounding), so
+    # each is part of the fidelity. Their defaults are the behaviour from before they existed: a stored fidelity
+    # without them reads as what it meant when it was stored.
+    length_buckets: bool = Field(False, description="Group training examples of similar length into batches "
+                                 "(seeded; the same examples are seen) so batches carry less padding.")
+    frozen_cache: bool = Field(False, description="Run the layers below a plan's lowest module without dropout "
+                               "and compute their outputs once per worker, reused across steps and trials.")
+    frozen_cache_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype the frozen-layer cache stores hidden states in (bfloat16 halves its memory).")
+    compile: bool = Field(False, description="torch.compile the transformer blocks that train (needs a C compiler "
+                          "on CPU; pays off on long runs).")
+    autocast: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="Mixed precision: bf16 (GPU or CPU) or fp16 (GPU only, with loss scaling).")
+    gradient_checkpointing: bool = Field(False, description="Recompute block activations in the backward pass: "
+                                         "less memory for long sequences, about a third more compute.")
+
+    @field_validator("frozen_cache_dtype")
+    @classmethod
+    def _cache_dtype_with_cache(cls, value: str, info: ValidationInfo) -> str:
+        if value != "float32" and not info.data.get("frozen_cache", False):
+            raise ValueError(f"{value!r} applies to the frozen-layer cache only; pass --frozen-cache too, or drop "
+                             "--frozen-cache-dtype")
+        return value
+
     @classmethod
     def build(cls, values: Mapping[str, Any]) -> "Fidelity":
         """Validate, turning pydantic errors into one clear message per bad field (named as its CLI flag)."""
@@ -79,7 +103,23 @@ class Fidelity(BaseModel):
         return (
             f"{self.model} on {self.task}: {self.steps} steps x {self.batch_size}, "
             f"{self.train_examples} train / {self.eval_examples} eval examples, max {self.max_length} tokens"
+            + "".join(f", {o}" for o in self.options())
         )
+
+    def options(self) -> list[str]:
+        """The throughput options that are on, in words (empty at the defaults)."""
+        on = []
+        if self.length_buckets:
+            on.append("length buckets")
+        if self.frozen_cache:
+            on.append("frozen-layer cache" + (" (bfloat16)" if self.frozen_cache_dtype == "bfloat16" else ""))
+        if self.compile:
+            on.append("compiled")
+        if self.autocast != "off":
+            on.append(f"{self.autocast} autocast")
+        if self.gradient_checkpointing:
+            on.append("gradient checkpointing")
+        return on
 
 
 # --------------------------------------------------------------------------- presets
@@ -87,6 +127,9 @@ class Fidelity(BaseModel):
 #: the study's, so a retrained plan is the same plan on the same data, trained longer (or shorter).
 BUDGET_FIELDS: tuple[str, ...] = ("train_examples", "steps", "batch_size", "max_length", "eval_examples",
                                   "learning_rate", "warmup_ratio", "weight_decay", "aux_loss_weight", "seed")
+#: Throughput options (how the budget is spent): a retrain may change them too.
+THROUGHPUT_FIELDS: tuple[str, ...] = ("length_buckets", "frozen_cache", "frozen_cache_dtype", "compile", "autocast",
+                                      "gradient_checkpointing")
 #: ``full``: epochs over the whole training split.
 FULL_EPOCHS = 3
 #: ``full``: max_length covers this share of the training texts, rounded up to a multiple of LENGTH_STEP tokens.
@@ -193,17 +236,17 @@ def resolve_preset(base: Fidelity, preset: str, task: TaskProfile,
                    overrides: Mapping[str, Any] | None = None) -> Fidelity:
     """``base`` (a study's fidelity) with the preset's overrides for ``task``, then ``overrides`` on top.
 
-    ``overrides`` maps budget fields (:data:`BUDGET_FIELDS`) to values; ``None`` values are ignored. A
+    ``overrides`` maps budget fields (:data:`BUDGET_FIELDS`, :data:`THROUGHPUT_FIELDS`) to values; ``None`` values are ignored. A
     ``batch_size`` override is applied before the preset is worked out, so ``full``'s epochs count in it.
     """
     if preset not in FIDELITY_PRESETS:
         raise StudyError(f"--fidelity: {preset!r} is not a fidelity preset; use one of {', '.join(FIDELITY_PRESETS)}")
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    fixed = [k for k in given if k not in BUDGET_FIELDS]
+    fixed = [k for k in given if k not in BUDGET_FIELDS + THROUGHPUT_FIELDS]
     if fixed:
         raise StudyError(
             f"{_flag(fixed[0])}: {fixed[0]!r} cannot be overridden here (got {given[fixed[0]]!r}); the model, task "
-            "and objective stay the study's, only the budget changes: "
-            + ", ".join(_flag(f) for f in BUDGET_FIELDS))
+            "and objective stay the study's, only the budget and throughput options change: "
+            + ", ".join(_flag(f) for f in BUDGET_FIELDS + THROUGHPUT_FIELDS))
     start = Fidelity.build({**base.model_dump(), **given})  # checks the overrides, names bad ones as flags
     return Fidelity.build({**base.model_dump(), **FIDELITY_PRESETS[preset].overrides(start, task), **given})

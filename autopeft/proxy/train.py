@@ -5,13 +5,21 @@ so a worker loads them once; :meth:`ProxyTrainer.run` trains one plan on a fresh
 
     inject plan -> AdamW (linear warm-up, linear decay) for ``steps`` batches -> score the validation
     split (the ``score`` objective) and the test split (recorded, never optimised)
+
+Nothing is computed that a trial does not need: batches are padded to their longest member (and, with the
+fidelity's ``length_buckets``, made of examples of similar length), collated from tensors built once per worker;
+evaluation runs without autograd in large length-sorted batches; with ``frozen_cache`` the blocks below a plan's
+lowest module are computed once per worker (:mod:`autopeft.proxy.cache`). The fidelity's ``compile``,
+``autocast`` and ``gradient_checkpointing`` are applied here too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -19,8 +27,9 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from autopeft.errors import AutopeftError
+from autopeft.errors import AutopeftError, StudyError
 from autopeft.plan import PeftPlan
+from autopeft.proxy import cache as fc
 from autopeft.proxy.fidelity import Fidelity
 from autopeft.proxy.models import load_classifier
 from autopeft.proxy.tasks import Example, TaskData, load_task
@@ -55,14 +64,29 @@ class TrialMetrics:
 
 
 # --------------------------------------------------------------------------- data
+#: ``length_buckets``: training batches are sorted by length within chunks of this many batches (the mega-batch
+#: factor of Hugging Face's ``LengthGroupedSampler``): enough to find similar lengths, few enough to stay random.
+BUCKET_CHUNK = 50
+#: Evaluation batches hold at most this many (padded) tokens and this many examples.
+EVAL_TOKENS = 16384
+EVAL_MAX_BATCH = 512
+
+
 @dataclass(frozen=True)
 class _Encoded:
-    input_ids: tuple[tuple[int, ...], ...]
-    token_type_ids: tuple[tuple[int, ...], ...] | None
-    labels: tuple[int, ...]
+    """One tokenised split as tensors, built once per worker: batches are index lookups, not Python loops."""
+
+    split: str  # "train", "validation" or "test": names the split in the frozen-layer cache
+    input_ids: torch.Tensor  # (N, T_max) long, right-padded with the pad id
+    token_type_ids: torch.Tensor | None  # (N, T_max) long, zero-padded
+    lengths: torch.Tensor  # (N,) long: real tokens per example
+    labels: torch.Tensor  # (N,) long
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
-def _encode(tokenizer, examples: Sequence[Example], max_length: int) -> _Encoded:
+def _encode(tokenizer, examples: Sequence[Example], max_length: int, split: str) -> _Encoded:
     texts = [e.text for e in examples]
     pairs = [e.text_pair for e in examples]
     enc = tokenizer(
@@ -71,30 +95,64 @@ def _encode(tokenizer, examples: Sequence[Example], max_length: int) -> _Encoded
         truncation=True,
         max_length=max_length,
     )
-    tti = enc.get("token_type_ids")
-    return _Encoded(
-        tuple(map(tuple, enc["input_ids"])),
-        tuple(map(tuple, tti)) if tti is not None else None,
-        tuple(e.label for e in examples),
-    )
+    rows, tti = enc["input_ids"], enc.get("token_type_ids")
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    width = int(lengths.max()) if len(rows) else 1
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)  # (N, T_max)
+    types = torch.zeros((len(rows), width), dtype=torch.long) if tti is not None else None
+    for i, row in enumerate(rows):  # once per worker
+        ids[i, : len(row)] = torch.tensor(row)
+        if types is not None:
+            types[i, : len(row)] = torch.tensor(tti[i])
+    return _Encoded(split, ids, types, lengths, torch.tensor([e.label for e in examples], dtype=torch.long))
 
 
-def _collate(data: _Encoded, idx: Sequence[int], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest member (dynamic padding), right-padded."""
-    width = max(len(data.input_ids[i]) for i in idx)
-    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(idx), width), dtype=torch.long)  # (B, T)
-    tti = torch.zeros((len(idx), width), dtype=torch.long) if data.token_type_ids is not None else None
-    for row, i in enumerate(idx):
-        n = len(data.input_ids[i])
-        ids[row, :n] = torch.tensor(data.input_ids[i])
-        mask[row, :n] = 1
-        if tti is not None:
-            tti[row, :n] = torch.tensor(data.token_type_ids[i])
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([data.labels[i] for i in idx])}
-    if tti is not None:
-        batch["token_type_ids"] = tti
+def _collate(data: _Encoded, idx: Sequence[int] | torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    """Rows ``idx`` padded to their longest member (dynamic padding), right-padded."""
+    idx = torch.as_tensor(idx, dtype=torch.long)
+    lengths = data.lengths[idx]  # (B,)
+    width = int(lengths.max())
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()  # (B, T)
+    batch = {"input_ids": data.input_ids[idx, :width], "attention_mask": mask, "labels": data.labels[idx]}
+    if data.token_type_ids is not None:
+        batch["token_type_ids"] = data.token_type_ids[idx, :width]
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def _eval_batches(data: _Encoded) -> list[torch.Tensor]:
+    """Example indices sorted by length, cut into batches of at most EVAL_TOKENS padded tokens."""
+    order = torch.argsort(data.lengths, stable=True).tolist()
+    lengths = data.lengths.tolist()
+    batches: list[list[int]] = []
+    for i in order:  # ascending length: the newest member is the longest
+        if batches and len(batches[-1]) < EVAL_MAX_BATCH and (len(batches[-1]) + 1) * lengths[i] <= EVAL_TOKENS:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return [torch.tensor(b, dtype=torch.long) for b in batches]
+
+
+def bucket_by_length(batches: list[list[int]], lengths: Sequence[int], seed: int,
+                     chunk: int = BUCKET_CHUNK) -> list[list[int]]:
+    """The same examples in batches of similar length: every ``chunk`` consecutive batches are pooled, sorted by
+    length, cut again and put in a seeded random order.
+
+    Written here rather than taken from ``LengthGroupedSampler`` because it regroups a given example stream:
+    each stretch of ``chunk`` batches keeps exactly its examples, so a trial sees the same examples as
+    without buckets, and epochs stay where they were.
+    """
+    rng = random.Random(f"length-buckets-{seed}")
+    out: list[list[int]] = []
+    for start in range(0, len(batches), chunk):
+        group = batches[start : start + chunk]
+        pool = sorted((i for b in group for i in b), key=lambda i: lengths[i])  # stable: ties keep stream order
+        cut, pos = [], 0
+        for b in group:
+            cut.append(pool[pos : pos + len(b)])
+            pos += len(b)
+        rng.shuffle(cut)
+        out.extend(cut)
+    return out
 
 
 def score_predictions(pred: Sequence[int], gold: Sequence[int], metric: str, num_labels: int) -> float:
@@ -151,11 +209,41 @@ class _PeakMemory:
             self.peak_mb = (self._peak - self._start) / 2**20
 
 
+# --------------------------------------------------------------------------- options
+def _c_compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def check_options(fidelity: Fidelity, device: str | torch.device) -> None:
+    """Refuse throughput options the device cannot run, naming the flag and the fix (before any worker starts)."""
+    dev = torch.device(device)
+    if fidelity.autocast == "fp16" and dev.type != "cuda":
+        raise StudyError(f"--autocast: fp16 needs a CUDA device, and trials run on {str(dev)!r}; use --autocast bf16 "
+                         "(supported on CPU) or --autocast off, or train on a GPU (--device cuda)")
+    if fidelity.autocast == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise StudyError("--autocast: this GPU has no bf16 support; use --autocast fp16 or --autocast off")
+    if fidelity.compile and dev.type == "cpu" and _c_compiler() is None:
+        raise StudyError("--compile: torch.compile on CPU needs a C compiler, and none was found (cc, gcc, clang or "
+                         "$CC); install one (e.g. apt-get install gcc) or drop --compile")
+
+
 # --------------------------------------------------------------------------- trainer
 class ProxyTrainer:
-    """Trains plans at one fidelity. Build once per worker; call :meth:`run` per trial."""
+    """Trains plans at one fidelity. Build once per worker; call :meth:`run` per trial.
 
-    def __init__(self, fidelity: Fidelity, device: str = "cpu", task: TaskData | None = None):
+    ``run`` is made of public steps so that other drivers (several plans at once) train exactly as it does:
+    :meth:`build_model`, :meth:`configure`, :meth:`make_optimizer`, :meth:`train_mode`, :meth:`train_batches`,
+    :meth:`step_loss`, :meth:`finish`. ``cache_mb`` and ``cache_dir`` bound the frozen-layer cache (RAM budget,
+    optional folder shared by workers; defaults from ``AUTOPEFT_FROZEN_CACHE_MB`` and ``AUTOPEFT_FROZEN_CACHE_DIR``);
+    ``use_cache=False`` keeps ``frozen_cache``'s meaning (no dropout below the plan) but computes every layer.
+    """
+
+    def __init__(self, fidelity: Fidelity, device: str = "cpu", task: TaskData | None = None, *,
+                 cache_mb: float | None = None, cache_dir: str | None = None, use_cache: bool = True):
+        check_options(fidelity, device)
         self.fidelity = fidelity
         self.device = torch.device(device)
         self.task = task or load_task(fidelity.task, seed=fidelity.seed)
@@ -166,9 +254,14 @@ class ProxyTrainer:
         rng = random.Random(fidelity.seed)
         train = list(self.task.train)
         rng.shuffle(train)
-        self.train_data = _encode(self.tokenizer, train[: fidelity.train_examples], fidelity.max_length)
-        self.eval_data = _encode(self.tokenizer, self.task.validation[: fidelity.eval_examples], fidelity.max_length)
-        self.test_data = _encode(self.tokenizer, self.task.test[: fidelity.eval_examples], fidelity.max_length)
+        self.train_data = _encode(self.tokenizer, train[: fidelity.train_examples], fidelity.max_length, "train")
+        self.eval_data = _encode(self.tokenizer, self.task.validation[: fidelity.eval_examples], fidelity.max_length,
+                                 "validation")
+        self.test_data = _encode(self.tokenizer, self.task.test[: fidelity.eval_examples], fidelity.max_length, "test")
+        self.use_cache = use_cache
+        mb = cache_mb if cache_mb is not None else float(os.environ.get("AUTOPEFT_FROZEN_CACHE_MB", fc.DEFAULT_CACHE_MB))
+        self.cache = fc.FrozenCache(int(mb * 2**20), cache_dir or os.environ.get("AUTOPEFT_FROZEN_CACHE_DIR") or None)
+        self._cache_id: dict | None = None  # what cached states depend on, for their file names (made on first use)
 
     def build_model(self, plan: PeftPlan) -> torch.nn.Module:
         """A fresh copy of the base model with ``plan`` injected (base frozen, head trainable)."""
@@ -178,8 +271,100 @@ class ProxyTrainer:
         apply_plan(model, plan, seed=self.fidelity.seed)
         return model.to(self.device)
 
+    # ------------------------------------------------------------------ options
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The fidelity's mixed-precision context (a no-op when ``autocast`` is off)."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.fidelity.autocast)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def frozen_layers(self, plan: PeftPlan) -> int:
+        """Blocks that run without dropout below ``plan``'s lowest module (0 unless ``frozen_cache``)."""
+        return fc.first_adapted_layer(plan) if self.fidelity.frozen_cache else 0
+
+    def cached_layers(self, plan: PeftPlan) -> int:
+        """Blocks :meth:`run` feeds from the cache for ``plan`` (0: none): the frozen blocks, when the three
+        splits' states fit the cache's RAM budget."""
+        start = self.frozen_layers(plan) if self.use_cache else 0
+        if start < 1:
+            return 0
+        tokens = sum(int(d.lengths.sum()) + 1 for d in (self.train_data, self.eval_data, self.test_data))
+        itemsize = torch.finfo(getattr(torch, self.fidelity.frozen_cache_dtype)).bits // 8
+        return start if tokens * self._base.config.hidden_size * itemsize <= self.cache.budget else 0
+
+    def configure(self, model: torch.nn.Module, start_layer: int = 0) -> torch.nn.Module:
+        """Apply the fidelity's options to a built model, in place: feed it from the cache at ``start_layer``
+        (its batches then come from ``train_batches(start_layer)``), gradient checkpointing, compile."""
+        from autopeft.peft.arch import get_arch
+
+        f = self.fidelity
+        if start_layer:
+            fc.install_feeder(model, start_layer)
+        if f.gradient_checkpointing:
+            # Non-reentrant checkpointing: the frozen base's inputs need no gradient, and dropout masks are replayed.
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if f.compile:
+            # Block by block (as large-model trainers do): the blocks are where the time goes, and the model's own
+            # Python around them (masks, pooling, the feeder) stays eager.
+            for block in get_arch(model).layers(model):
+                if not isinstance(block, (fc.Passthrough, fc.Feeder)):
+                    block.compile(dynamic=True)
+        return model
+
+    def train_mode(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model.train()``, then no dropout below the plan's lowest module under ``frozen_cache``."""
+        model.train()
+        if self.fidelity.frozen_cache:
+            fc.freeze_lower(model, self.frozen_layers(model.autopeft_plan))
+        return model
+
+    # ------------------------------------------------------------------ frozen-layer cache
+    def _disk_key(self, split: str, start: int) -> str | None:
+        if self.cache.directory is None:
+            return None
+        if self._cache_id is None:
+            f = self.fidelity
+            self._cache_id = {"weights": fc.weights_digest(self._base), "tokens": [
+                int(d.input_ids.sum()) for d in (self.train_data, self.eval_data, self.test_data)],
+                **{k: getattr(f, k) for k in ("model", "task", "seed", "train_examples", "eval_examples",
+                                              "max_length", "frozen_cache_dtype", "autocast")}}
+        return fc.disk_key({**self._cache_id, "split": split, "start": start})
+
+    def hidden_states(self, data: _Encoded, start: int) -> fc.HiddenStates:
+        """The states entering block ``start`` for every example of ``data``: from the cache, or computed (from the
+        highest cached block below ``start`` when there is one) and cached."""
+        key = (data.split, start)
+        entry = self.cache.get(key, self._disk_key(data.split, start))
+        if entry is not None:
+            return entry
+        below = max((k[1] for k in self.cache.keys() if k[0] == data.split and k[1] < start), default=0)
+        lower = self.cache.get((data.split, below)) if below else None
+        model = self._base if self.device.type == "cpu" else copy.deepcopy(self._base).to(self.device)
+        replaced = fc.install_feeder(model, below) if lower is not None else []
+        groups = _eval_batches(data)
+        try:
+            batches = ((self._inputs(data, idx), lower.gather(idx, int(data.lengths[idx].max())).to(self.device)
+                        if lower is not None else None) for idx in groups)
+            states = fc.capture(model, start, batches, self.autocast())
+        finally:
+            if replaced:
+                fc.restore(model, replaced)
+        order = torch.cat(groups).tolist()  # capture() returns examples in batch order; put them back in data order
+        per_example: list[torch.Tensor] = [torch.empty(0)] * len(order)
+        for i, h in zip(order, states):
+            per_example[i] = h
+        entry = fc.pack_states(per_example, getattr(torch, self.fidelity.frozen_cache_dtype))
+        self.cache.put(key, entry, self._disk_key(data.split, start))
+        return entry
+
+    def _inputs(self, data: _Encoded, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Model inputs of rows ``idx`` (no labels), on the device."""
+        batch = _collate(data, idx, self.device)
+        batch.pop("labels")
+        return batch
+
+    # ------------------------------------------------------------------ training
     def _batches(self, steps: int, batch_size: int, seed: int) -> list[list[int]]:
-        """Seeded epochs over the training subset, ``steps`` batches in all."""
+        """Seeded epochs over the training subset, ``steps`` batches in all (length-bucketed when asked)."""
         rng = random.Random(seed)
         n = len(self.train_data.labels)
         order: list[int] = []
@@ -187,14 +372,25 @@ class ProxyTrainer:
             epoch = list(range(n))
             rng.shuffle(epoch)
             order.extend(epoch)
-        return [order[s * batch_size : (s + 1) * batch_size] for s in range(steps)]
+        batches = [order[s * batch_size : (s + 1) * batch_size] for s in range(steps)]
+        if self.fidelity.length_buckets:
+            batches = bucket_by_length(batches, self.train_data.lengths.tolist(), seed)
+        return batches
 
-    def train_batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """The fidelity's ``steps`` training batches, in order, collated on the device."""
+    def train_batches(self, start_layer: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """The fidelity's ``steps`` training batches, in order, collated on the device.
+
+        With ``start_layer`` > 0 each batch also holds the cached states entering that block (``frozen_hidden``),
+        for a model configured with the same ``start_layer``.
+        """
         f = self.fidelity
-        pad = self.tokenizer.pad_token_id
+        states = self.hidden_states(self.train_data, start_layer) if start_layer else None
         for idx in self._batches(f.steps, f.batch_size, f.seed):
-            yield _collate(self.train_data, idx, pad, self.device)
+            batch = _collate(self.train_data, idx, self.device)
+            if states is not None:
+                width = batch["input_ids"].shape[1]
+                batch[fc.HIDDEN_KEY] = states.gather(torch.as_tensor(idx), width).to(self.device)  # (B, T, C)
+            yield batch
 
     def make_optimizer(self, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         """AdamW over the trainable parameters, with linear warm-up then linear decay to 0 over ``steps``."""
@@ -214,27 +410,36 @@ class ProxyTrainer:
         """The task loss of one batch plus the weighted auxiliary (load-balancing) loss, a scalar."""
         from autopeft.peft import auxiliary_loss
 
-        loss = model(**batch).loss
-        aux = auxiliary_loss(model)
-        if aux is not None and self.fidelity.aux_loss_weight > 0:
-            loss = loss + self.fidelity.aux_loss_weight * aux
-        return loss
+        inputs = {k: v for k, v in batch.items() if k != fc.HIDDEN_KEY}
+        with fc.fed(model, batch.get(fc.HIDDEN_KEY)), self.autocast():
+            loss = model(**inputs).loss
+            aux = auxiliary_loss(model)
+            if aux is not None and self.fidelity.aux_loss_weight > 0:
+                loss = loss + self.fidelity.aux_loss_weight * aux
+        return loss.float()
 
     @torch.inference_mode()
-    def evaluate(self, model: torch.nn.Module, data: _Encoded, batch_size: int = 64) -> float:
+    def evaluate(self, model: torch.nn.Module, data: _Encoded, batch_size: int | None = None) -> float:
+        """Score ``model`` on ``data``; batches are length-sorted, of up to EVAL_TOKENS tokens (or ``batch_size``
+        examples when given). Predictions are put back in the data's order."""
         model.eval()
-        pad = self.tokenizer.pad_token_id
-        # Sorting by length keeps padding small; predictions are put back in the original order.
-        order = sorted(range(len(data.labels)), key=lambda i: len(data.input_ids[i]))
-        pred = [0] * len(order)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = _collate(data, idx, pad, self.device)
-            batch.pop("labels")
-            logits = model(**batch).logits  # (B, num_labels)
-            for i, p in zip(idx, logits.argmax(-1).tolist()):
-                pred[i] = p
-        return score_predictions(pred, data.labels, self.task.metric, self.num_labels)
+        start = getattr(model, fc.START_ATTR, 0)
+        states = self.hidden_states(data, start) if start else None
+        if batch_size:
+            order = torch.argsort(data.lengths, stable=True)
+            batches = list(order.split(batch_size))
+        else:
+            batches = _eval_batches(data)
+        pred = torch.zeros(len(data), dtype=torch.long)
+        for idx in batches:
+            inputs = self._inputs(data, idx)
+            hidden = None
+            if states is not None:
+                hidden = states.gather(idx, inputs["input_ids"].shape[1]).to(self.device)  # (B, T, C)
+            with fc.fed(model, hidden), self.autocast():
+                logits = model(**inputs).logits  # (B, num_labels)
+            pred[idx] = logits.argmax(-1).cpu()
+        return score_predictions(pred.tolist(), data.labels.tolist(), self.task.metric, self.num_labels)
 
     def finish(self, model: torch.nn.Module, plan: PeftPlan, losses: Sequence[float], step_times: Sequence[float],
                peak_mb: float, t0: float) -> TrialMetrics:
@@ -268,14 +473,19 @@ class ProxyTrainer:
         """Train ``plan`` and return its metrics; raises :class:`TrialFailed` on a non-finite loss."""
         f = self.fidelity
         t0 = time.perf_counter()
+        start = self.cached_layers(plan)
+        for data in (self.train_data, self.eval_data, self.test_data):
+            if start:
+                self.hidden_states(data, start)  # the first trial at this depth computes them (counted in its wall time)
         torch.manual_seed(f.seed)
-        model = self.build_model(plan)
+        model = self.configure(self.build_model(plan), start)
         opt, sched = self.make_optimizer(model)
+        scaler = torch.amp.GradScaler(self.device.type) if f.autocast == "fp16" else None
         losses: list[float] = []
         step_times: list[float] = []
         with _PeakMemory(self.device) as mem:
-            model.train()
-            batches = self.train_batches()
+            self.train_mode(model)
+            batches = self.train_batches(start)
             for step in range(f.steps):
                 ts = time.perf_counter()
                 batch = next(batches)
@@ -283,8 +493,13 @@ class ProxyTrainer:
                 if not torch.isfinite(loss):
                     raise TrialFailed(f"loss became {loss.item()} at step {step}; the plan diverged at lr {f.learning_rate}")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                if scaler is not None:  # fp16: scaled loss, steps skipped on overflow
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
                 sched.step()
                 losses.append(loss.item())
                 step_times.append(time.perf_counter() - ts)
