@@ -299,6 +299,55 @@ def study_show(
         console.print(table)
 
 
+@study_app.command("compare")
+def study_compare(
+    a: str = typer.Argument(..., help="First study."),
+    b: str = typer.Argument(..., help="Second study."),
+    storage: Optional[str] = StorageOpt,
+    reference: Optional[str] = typer.Option(None, "--reference", help="Hypervolume reference point, one value per objective (e.g. 0,100) [default: score 0, 100 % trainable]."),
+) -> None:
+    """Hypervolume, trial counts and both Pareto fronts of two studies, side by side."""
+    from autopeft.compare import compare_studies, parse_reference
+    from autopeft.study.storage import open_storage
+    from autopeft.study.study import load
+
+    try:
+        store = open_storage(storage)
+        sa, sb = load(store, a), load(store, b)
+        ref = parse_reference(reference, sa.objectives) if reference else None
+        c = compare_studies(sa, sb, ref)
+    except AutopeftError as exc:
+        _fail(exc)
+    ref_text = ", ".join(f"{o} {v:g}" for o, v in zip(c.objectives, c.reference.values))
+    summary = Table(title=f"{c.a.name} vs {c.b.name} · hypervolume reference: {ref_text}", title_justify="left")
+    for col, justify in (("study", "left"), ("space", "left"), ("complete", "right"), ("failed", "right"),
+                         ("front", "right"), ("hypervolume", "right"), ("vs first", "right")):
+        summary.add_column(col, justify=justify)
+    for side in (c.a, c.b):
+        ratio = side.hypervolume / c.a.hypervolume if c.a.hypervolume else None
+        summary.add_row(side.name, side.space, str(side.counts["COMPLETE"]), str(side.counts["FAIL"]),
+                        str(len(side.front)), f"{side.hypervolume:.4f}", _fmt(ratio, ".3f"))
+    console.print(summary)
+    fronts = Table(title="Pareto fronts, best first", title_justify="left")
+    for name in (c.a.name, c.b.name):
+        fronts.add_column(f"{name}\ntrial", justify="right")
+        for o in c.objectives:
+            fronts.add_column(o, justify="right")
+        fronts.add_column("plan", justify="left")
+    rows = {side.name: side.rows for side in (c.a, c.b)}
+    for i in range(max(len(c.a.front), len(c.b.front))):
+        cells: list[str] = []
+        for side in (c.a, c.b):
+            if i < len(side.front):
+                t = side.front[i]
+                cells += [str(t.number), *(f"{v:.4f}" for v in t.values), rows[side.name][i].summary]
+            else:
+                cells += [""] * (len(c.objectives) + 2)
+        fronts.add_row(*cells)
+    console.print(fronts)
+    console.print(f"fidelity: {c.fidelity}", highlight=False)
+
+
 @study_app.command("status")
 def study_status_cmd(
     name: str = typer.Argument(..., help="Study name."),
