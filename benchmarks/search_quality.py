@@ -1,0 +1,324 @@
+"""Search quality: hypervolume reached by each sampler after 10, 25, 50 and 100 trials, on the replay objective.
+
+Every (sampler, seed) pair runs one search over the table's space (``search_spaces/full.yaml`` for the table
+``benchmarks/build_table.py`` builds) in-process on Optuna's in-memory storage. Trials are answered from the
+table (:class:`autopeft.proxy.replay.ReplayEvaluator`: the recorded metrics of the equal plan, else of the
+nearest recorded plan), so a search costs only its proposals. Each study starts like ``autopeft run``: the
+head-only anchor first, then the sampler (``make_sampler``'s settings, 8 start-up trials).
+
+Hypervolume is of the feasible front of (score up, trainable % down), as 100 x the true front's, i.e. of every
+plan the table records. Two reference points:
+
+* ``project``: the rule of :func:`autopeft.optimize.pareto.default_reference_point` (score 0, 100 % trainable),
+  what the CLI and dashboard report. Trainable % spans 0.003-5 % here, so this volume is nearly the best score
+  alone; it separates samplers little.
+* ``log-nadir``: trainable % on a log10 axis, reference at the table's worst score and largest trainable %:
+  every part of the front counts, the cheap end as much as the accurate one.
+
+    python benchmarks/search_quality.py --seeds 10 --trials 100 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TABLE = ROOT / "benchmarks" / "data" / "table_rotten_tomatoes_minilm.jsonl"
+DEFAULT_DOC = ROOT / "docs" / "benchmarks.md"
+DEFAULT_PLOT = ROOT / "docs" / "search_quality.png"
+DEFAULT_JSON = ROOT / "benchmarks" / "data" / "search_quality.json"
+SECTION = "## Search quality (issue 6)"
+OPTUNA_GP = "optuna-gp"  # Optuna's native GPSampler, next to the samplers make_sampler knows
+CHECKPOINTS = (10, 25, 50, 100)
+N_STARTUP = 8  # autopeft run's --startup-trials default
+MEASURES = ("project", "log-nadir")
+
+
+# --------------------------------------------------------------------------- set-up
+def replay_setup(table_path: str):
+    """(table, space, replay fidelity) of a table file."""
+    from autopeft.proxy.fidelity import Fidelity
+    from autopeft.proxy.replay import load_table
+    from autopeft.space import ModelDims, SearchSpace, parse_space
+
+    table = load_table(table_path)
+    h = table.header
+    if "space_yaml" not in h or "dims" not in h:
+        sys.exit(f"{table_path}: the header names no space; build the table with benchmarks/build_table.py")
+    spec = parse_space(h["space_yaml"], source=f"table {table_path}")
+    d = h["dims"]
+    space = SearchSpace(spec, ModelDims(d["num_layers"], d["hidden_size"], tuple(d["sites"])), source=spec.name)
+    fidelity = Fidelity(**{**table.fidelity.model_dump(), "objective": "replay", "table": str(table_path)})
+    return table, space, fidelity
+
+
+def make_named_sampler(name: str, seed: int):
+    import optuna
+
+    from autopeft.optimize.samplers import make_sampler
+
+    if name == OPTUNA_GP:
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=N_STARTUP)
+    return make_sampler(name, seed=seed, n_startup_trials=N_STARTUP)
+
+
+# --------------------------------------------------------------------------- hypervolume
+def reference(measure: str, rows: list[dict[str, Any]]) -> tuple[float, float]:
+    """Reference point (score, cost) of ``measure``, in maximisation form: (score, -trainable %) or
+    (score, -log10 trainable %)."""
+    from autopeft.optimize.pareto import default_reference_point
+
+    if measure == "project":
+        score, pct = default_reference_point(["maximize", "minimize"], ["score", "trainable_pct"]).values
+        return score, -pct
+    return min(r["score"] for r in rows), -math.log10(max(max(r["trainable_pct"] for r in rows), MIN_PCT))
+
+
+#: Floor of trainable % on the log axis (a plan that trains nothing at all would sit at minus infinity).
+MIN_PCT = 1e-6
+
+
+def to_point(measure: str, score: float, pct: float) -> tuple[float, float]:
+    return (score, -pct) if measure == "project" else (score, -math.log10(max(pct, MIN_PCT)))
+
+
+def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """Area dominated by ``points`` (maximisation, 2 objectives) above ``ref``: the staircase sum.
+
+    Own code, not botorch's ``Hypervolume``: the curves need the volume after every trial of every run
+    (thousands of calls), and the two-objective sweep is a sort and a loop."""
+    inside = sorted((p for p in points if p[0] > ref[0] and p[1] > ref[1]), key=lambda p: -p[0])
+    area, best_cost = 0.0, ref[1]
+    for score, cost in inside:  # by score, best first: each point adds the strip its cost improves
+        if cost > best_cost:
+            area += (score - ref[0]) * (cost - best_cost)
+            best_cost = cost
+    return area
+
+
+# --------------------------------------------------------------------------- one search
+def run_search(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
+    """One search; returns per-trial (score, trainable %) (None for failed trials), proposal seconds and
+    replay distances."""
+    import optuna
+    import torch
+
+    from autopeft.proxy.replay import ReplayEvaluator
+    from autopeft.proxy.train import TrialFailed
+    from autopeft.study.runner import quiet_libraries
+    from autopeft.study.study import enqueue_anchors
+
+    name, seed, table_path, n_trials, threads = job
+    torch.set_num_threads(threads)
+    quiet_libraries()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    _, space, fidelity = replay_setup(table_path)
+    evaluator = ReplayEvaluator(fidelity)
+    study = optuna.create_study(directions=space.directions, sampler=make_named_sampler(name, seed))
+    study.set_metric_names(space.objectives)
+    enqueue_anchors(study, space)
+    dists = space.distributions()
+    values, propose_s, distance = [], [], []
+    for _ in range(n_trials):
+        t0 = time.perf_counter()
+        trial = study.ask(fixed_distributions=dists)
+        propose_s.append(time.perf_counter() - t0)
+        plan = space.decode({k: int(v) for k, v in trial.params.items()})
+        try:
+            m = evaluator.run(plan)
+        except TrialFailed:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            values.append(None)
+        else:
+            study.tell(trial, [m.objective(o) for o in space.objectives])
+            values.append((m.score, m.trainable_pct))
+        distance.append(evaluator.last_match.distance)
+    return {"sampler": name, "seed": seed, "values": values, "propose_s": propose_s, "distance": distance}
+
+
+def curve(values: list, measure: str, ref: tuple[float, float], full: float) -> list[float]:
+    """Hypervolume after each trial, in % of ``full``."""
+    points, out = [], []
+    for v in values:
+        if v is not None:
+            points.append(to_point(measure, *v))
+        out.append(100 * hypervolume(points, ref) / full)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+def summarise(results: list[dict], rows: list[dict], checkpoints: list[int]) -> dict[str, Any]:
+    done = [r for r in rows if r.get("state", "COMPLETE") == "COMPLETE"]
+    out: dict[str, Any] = {"measures": {}}
+    for measure in MEASURES:
+        ref = reference(measure, done)
+        full = hypervolume([to_point(measure, r["score"], r["trainable_pct"]) for r in done], ref)
+        per: dict[str, Any] = {}
+        for res in results:
+            c = curve(res["values"], measure, ref, full)
+            per.setdefault(res["sampler"], []).append(c)
+        out["measures"][measure] = {"reference": ref, "true_front_hv": full, "curves": per}
+    return out
+
+
+def stats(xs: list[float]) -> tuple[float, float, float, float]:
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0), min(xs), max(xs)
+
+
+def markdown(summary: dict, results: list[dict], meta: dict[str, Any], checkpoints: list[int],
+             default: str) -> str:
+    lines = [SECTION, "",
+             f"`{meta['command']}` · {meta['machine']} · {meta['date']} · table `{meta['table']}`: "
+             f"{meta['plans']} plans ({meta['complete']} complete), built at {meta['table_fidelity']} by code "
+             f"{meta['table_code']} · seeds {meta['seeds']} · space `{meta['space']}` ({meta['n_params']} parameters).",
+             "",
+             "Each search starts as `autopeft run` does (head-only anchor, then the sampler with 8 start-up trials) "
+             "and is answered from the table by the replay objective (`--objective replay`): the equal recorded plan, "
+             "else the nearest one (slot distance, `autopeft/proxy/replay.py`). Hypervolume of the front of "
+             "(score up, trainable % down) in % of the table's true front (all its plans); mean ± standard deviation "
+             "over seeds, [min-max]. `project`: reference point of `autopeft.optimize.pareto.default_reference_point` "
+             "(score 0, 100 % trainable), which the CLI and dashboard report; `log-nadir`: trainable % on a log10 axis, "
+             f"reference at the table's worst score and largest trainable %. The default sampler is `{default}`.",
+             ""]
+    for measure in MEASURES:
+        m = summary["measures"][measure]
+        lines += [f"**{measure}** (reference {tuple(round(x, 4) for x in m['reference'])}, true front "
+                  f"{m['true_front_hv']:.4g})", "",
+                  "| sampler | runs | " + " | ".join(f"{k} trials" for k in checkpoints) + " |",
+                  "|---|---:|" + "---:|" * len(checkpoints)]
+        for name, curves in m["curves"].items():
+            cells = []
+            for k in checkpoints:
+                at = [c[k - 1] for c in curves if len(c) >= k]
+                if not at:
+                    cells.append("not run")
+                    continue
+                mean, sd, lo, hi = stats(at)
+                cells.append(f"{mean:.1f} ± {sd:.1f} [{lo:.1f}-{hi:.1f}]")
+            label = f"{name} (default)" if name == default else name
+            lines.append(f"| {label} | {len(curves)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["| sampler | trials per run | mean s per proposal | last 10 proposals, s | exact replays | mean replay distance |",
+              "|---|---:|---:|---:|---:|---:|"]
+    by: dict[str, list[dict]] = {}
+    for r in results:
+        by.setdefault(r["sampler"], []).append(r)
+    for name, rs in by.items():
+        props = [s for r in rs for s in r["propose_s"]]
+        tail = [s for r in rs for s in r["propose_s"][-10:]]
+        dist = [d for r in rs for d in r["distance"]]
+        exact = sum(d == 0 for d in dist) / len(dist)
+        lines.append(f"| {name} | {len(rs[0]['values'])} | {statistics.mean(props):.3f} | {statistics.mean(tail):.3f} "
+                     f"| {100 * exact:.0f} % | {statistics.mean(dist):.2f} |")
+    lines += ["", f"![Hypervolume per trial, mean and min-max over seeds](search_quality.png)", ""]
+    return "\n".join(lines)
+
+
+def write_section(doc: Path, text: str) -> None:
+    """Replace the section (up to the next ``## `` heading) in ``doc``, or append it."""
+    body = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    start = body.find(SECTION)
+    if start < 0:
+        body = body.rstrip("\n") + "\n\n\n" + text + "\n"
+    else:
+        nxt = body.find("\n## ", start + len(SECTION))
+        body = body[:start] + text + ("\n\n" + body[nxt + 1:] if nxt >= 0 else "\n")
+    doc.write_text(body)
+
+
+def plot(summary: dict, path: Path, default: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(12, 4.5))
+    for ax, measure in zip(axes, MEASURES):
+        for name, curves in summary["measures"][measure]["curves"].items():
+            n = min(len(c) for c in curves)
+            xs = list(range(1, n + 1))
+            cols = [[c[i] for c in curves] for i in range(n)]
+            mean = [statistics.mean(col) for col in cols]
+            line, = ax.plot(xs, mean, label=f"{name} (default)" if name == default else name,
+                            linewidth=2.5 if name == default else 1.5)
+            ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], color=line.get_color(), alpha=0.12)
+        ax.set_xlabel("trials")
+        ax.set_ylabel("hypervolume, % of the table's true front")
+        ax.set_title(f"reference: {measure}")
+        ax.grid(alpha=0.3)
+    axes[-1].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def machine() -> str:
+    load = os.getloadavg()
+    return (f"{os.cpu_count()}-core {platform.machine()} CPU ({platform.processor() or 'unknown model'}), "
+            f"shared with other jobs (load average {load[0]:.1f} at the start)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from autopeft.optimize.samplers import DEFAULT_SAMPLER
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--table", default=str(DEFAULT_TABLE))
+    ap.add_argument("--samplers", default=f"random,tpe,nsga2,{OPTUNA_GP},{DEFAULT_SAMPLER}",
+                    help=f"comma list: names make_sampler knows, and {OPTUNA_GP} (Optuna's GPSampler)")
+    ap.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 per sampler")
+    ap.add_argument("--trials", type=int, default=100, help="trials per search")
+    ap.add_argument("--slow-trials", type=int, default=None,
+                    help="trials per search for the GP samplers (optuna-gp and the default), if fewer")
+    ap.add_argument("--workers", type=int, default=1, help="searches run in parallel processes")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--doc", default=str(DEFAULT_DOC), help="markdown file to write the section into ('' for none)")
+    ap.add_argument("--plot", default=str(DEFAULT_PLOT))
+    ap.add_argument("--json", default=str(DEFAULT_JSON))
+    args = ap.parse_args(argv)
+    names = [s for s in dict.fromkeys(args.samplers.split(",")) if s]
+    for name in names:
+        make_named_sampler(name, 0)  # unknown names fail here, before any search
+    table, space, _ = replay_setup(args.table)
+    checkpoints = [k for k in CHECKPOINTS if k <= args.trials]
+    meta = {"command": "python benchmarks/search_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "machine": machine(), "date": time.strftime("%Y-%m-%d"), "table": os.path.relpath(args.table, ROOT),
+            "plans": len(table.rows), "complete": sum(r.get("state", "COMPLETE") == "COMPLETE" for r in table.rows),
+            "table_fidelity": table.fidelity.describe(), "table_code": table.header.get("code_version", "?"),
+            "seeds": f"0-{args.seeds - 1}", "space": space.spec.name, "n_params": len(space.choices)}
+    slow = {OPTUNA_GP, DEFAULT_SAMPLER, "botorch"}
+    jobs = [(name, seed, args.table, args.slow_trials if (name in slow and args.slow_trials) else args.trials,
+             args.threads) for seed in range(args.seeds) for name in names]
+    results = []
+    t0 = time.monotonic()
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.workers) as pool:
+        for res in pool.imap_unordered(run_search, jobs):
+            results.append(res)
+            print(f"{res['sampler']} seed {res['seed']}: {len(res['values'])} trials, "
+                  f"{sum(res['propose_s']):.1f} s proposing ({time.monotonic() - t0:.0f} s elapsed)", flush=True)
+    results.sort(key=lambda r: (names.index(r["sampler"]), r["seed"]))
+    summary = summarise(results, table.rows, checkpoints)
+    meta["wall_s"] = time.monotonic() - t0
+    text = markdown(summary, results, meta, checkpoints, DEFAULT_SAMPLER)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, separators=(",", ":")))
+    if args.plot:
+        plot(summary, Path(args.plot), DEFAULT_SAMPLER)
+    if args.doc:
+        write_section(Path(args.doc), text)
+
+
+if __name__ == "__main__":
+    main()
