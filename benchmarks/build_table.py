@@ -204,6 +204,43 @@ def jobs(space, n: int, seed: int) -> list[tuple[str, str, dict[str, int] | None
     return out
 
 
+def report(path: Path) -> str:
+    """A markdown summary of a table: plans recorded, failures, training time, and its Pareto front of
+    (score up, trainable % down)."""
+    from autopeft.plan import PeftPlan
+    from autopeft.proxy.replay import ReplayTable
+
+    table = ReplayTable.load(path)
+    done = [r for r in table.rows if r.get("state") == "COMPLETE"]
+    failed = len(table.rows) - len(done)
+    walls = sorted(r["wall_time"] for r in done)
+    front = [r for r in done if not any(
+        o["score"] >= r["score"] and o["trainable_pct"] <= r["trainable_pct"]
+        and (o["score"], o["trainable_pct"]) != (r["score"], r["trainable_pct"]) for o in done)]
+    front.sort(key=lambda r: -r["score"])
+    h = table.header
+    lines = [f"`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`: {len(table.rows)} plans "
+             f"({len(done)} complete, {failed} failed) · {table.fidelity.describe()} · space "
+             f"{h.get('space_yaml', '').splitlines()[0].removeprefix('name: ') if h.get('space_yaml') else '?'} · "
+             f"plan seed {h.get('plan_seed')} · code {h.get('code_version')}",
+             "",
+             f"Training wall time per plan: median {walls[len(walls) // 2]:.0f} s, min {walls[0]:.0f} s, "
+             f"max {walls[-1]:.0f} s (1 torch thread at nice 19, cores shared with other jobs)." if walls else "",
+             "",
+             "| plan | name | score | test | trainable % | params |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in front:
+        summary = r.get("summary") or PeftPlan.from_dict(r["plan"]).summary()
+        lines.append(f"| {summary[:90]} | {r.get('name', '')} | {r['score']:.4f} | {r['test_score']:.4f} | "
+                     f"{r['trainable_pct']:.4f} | {r['trainable_params']:,} |")
+    base = [r for r in table.rows if r["id"].startswith("baseline:")]
+    if base:
+        lines += ["", "Baselines: " + "; ".join(
+            f"{r['name']} {r['score']:.4f} at {r['trainable_pct']:.3f} %" if r.get("state") == "COMPLETE"
+            else f"{r['name']} failed" for r in base)]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--plans", type=int, default=400, help="sampled plans (the baselines come on top)")
@@ -212,7 +249,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the sampled plan set")
     ap.add_argument("--space", default=str(DEFAULT_SPACE))
     ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--report", action="store_true", help="print a markdown summary of the table and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        print(report(Path(args.out)))
+        return
 
     from autopeft.proxy.fidelity import Fidelity
     from autopeft.proxy.models import load_config, model_dims
