@@ -230,8 +230,8 @@ def report(path: Path) -> str:
              "| plan | name | score | test | trainable % | params |",
              "|---|---|---:|---:|---:|---:|"]
     for r in front:
-        summary = r.get("summary") or PeftPlan.from_dict(r["plan"]).summary()
-        lines.append(f"| {summary[:90]} | {r.get('name', '')} | {r['score']:.4f} | {r['test_score']:.4f} | "
+        summary = (r.get("summary") or PeftPlan.from_dict(r["plan"]).summary())[:90].replace("|", "\\|")
+        lines.append(f"| {summary} | {r.get('name', '')} | {r['score']:.4f} | {r['test_score']:.4f} | "
                      f"{r['trainable_pct']:.4f} | {r['trainable_params']:,} |")
     base = [r for r in table.rows if r["id"].startswith("baseline:")]
     if base:
