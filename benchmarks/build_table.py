@@ -157,10 +157,11 @@ def read_existing(path: Path, header: dict[str, Any]) -> set[str]:
 
 # --------------------------------------------------------------------------- training
 _TRAINER = None
+_VERSION = ""  # the code version this process loaded (the checkout may move on while it runs)
 
 
-def _init_worker(fidelity_dict: dict[str, Any], threads: int) -> None:
-    global _TRAINER
+def _init_worker(fidelity_dict: dict[str, Any], threads: int, version: str) -> None:
+    global _TRAINER, _VERSION
     import torch
 
     from autopeft.proxy.fidelity import Fidelity
@@ -170,6 +171,7 @@ def _init_worker(fidelity_dict: dict[str, Any], threads: int) -> None:
     torch.set_num_threads(threads)
     quiet_libraries()
     _TRAINER = ProxyTrainer(Fidelity(**fidelity_dict))
+    _VERSION = version
 
 
 def _train(job: tuple[str, str, dict[str, int] | None, dict[str, Any]]) -> dict[str, Any]:
@@ -186,7 +188,7 @@ def _train(job: tuple[str, str, dict[str, int] | None, dict[str, Any]]) -> dict[
             "step_time", "peak_memory", "train_loss", "wall_time")})
     except Exception as exc:  # a diverged plan is a result too (the search sees it fail)
         row.update(state="FAIL", reason=f"{type(exc).__name__}: {exc}"[:500])
-    row["code_version"] = code_version()
+    row["code_version"] = _VERSION
     return row
 
 
@@ -276,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     t0 = time.monotonic()
     ctx = mp.get_context("spawn")
-    with ctx.Pool(args.workers, initializer=_init_worker, initargs=(fidelity.model_dump(), args.threads)) as pool:
+    init = (fidelity.model_dump(), args.threads, header["code_version"])
+    with ctx.Pool(args.workers, initializer=_init_worker, initargs=init) as pool:
         for k, row in enumerate(pool.imap(_train, todo), 1):
             with out.open("a") as f:  # one line per plan, flushed at once: a kill loses at most the running plans
                 f.write(json.dumps(row) + "\n")
