@@ -1,4 +1,4 @@
-"""Proposers: the default multi-objective BoTorch sampler and the baselines, all Optuna samplers.
+"""Proposers: autopeft's multi-objective BO sampler (the default) and the baselines, all Optuna samplers.
 
 Every sampler reads the parameter budget through Optuna's trial constraints (``trial.set_constraint``):
 a trial is feasible when its trainable-parameter % is at most the budget.
@@ -14,20 +14,30 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.errors import StudyError
 
-SAMPLERS = ("botorch", "random", "tpe", "nsga2")
+SAMPLERS = ("botorch", "random", "tpe", "nsga2", "optuna-botorch", "optuna-gp")
 DEFAULT_SAMPLER = "botorch"
 
 
 def make_sampler(name: str, *, seed: int = 0, n_startup_trials: int = 8) -> optuna.samplers.BaseSampler:
     """The sampler called ``name``.
 
-    ``botorch`` (default): a scrambled Sobol design for the first ``n_startup_trials`` trials, then a
-    GP per objective (and per constraint) with qLogNEHVI (Ament et al., 2023: noisy expected
-    hypervolume improvement, in log space), which treats RUNNING and queued (WAITING) trials as
-    pending points, so concurrent workers and queued batches never get the same proposal.
+    ``botorch`` (default): autopeft's own multi-objective BO on BoTorch (:class:`~autopeft.optimize.mobo.MOBOSampler`):
+    a scrambled Sobol design for the first ``n_startup_trials`` trials, then one GP per objective, refitted (warm)
+    only when results came in, and proposals that maximise the expected hypervolume improvement over the grid of
+    choices, with RUNNING and queued (WAITING) trials as pending points, so concurrent workers and queued batches
+    never get the same proposal.
+
+    Baselines: ``random``, ``tpe`` (multivariate, constant liar), ``nsga2``, ``optuna-botorch`` (Optuna's
+    ``BoTorchSampler`` with qLogNEHVI: the default before autopeft had its own; refits from scratch on every
+    proposal) and ``optuna-gp`` (Optuna's native ``GPSampler``).
     """
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if name == "botorch":
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        from autopeft.optimize.mobo import MOBOSampler
+
+        main = MOBOSampler(seed=seed, n_startup_trials=n_startup_trials)
+        return StartupThen(_sobol(seed), PendingAware(main), n_startup_trials)
+    if name == "optuna-botorch":
         from optuna_integration import BoTorchSampler
         from optuna_integration.botorch import qnehvi_candidates_func
 
@@ -37,8 +47,9 @@ def make_sampler(name: str, *, seed: int = 0, n_startup_trials: int = 8) -> optu
             consider_running_trials=True,
             seed=seed,
         )
-        startup = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False)
-        return StartupThen(startup, PendingAware(main), n_startup_trials)
+        return StartupThen(_sobol(seed), PendingAware(main), n_startup_trials)
+    if name == "optuna-gp":
+        return PendingAware(optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials))
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
@@ -47,6 +58,10 @@ def make_sampler(name: str, *, seed: int = 0, n_startup_trials: int = 8) -> optu
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup_trials))
     raise StudyError(f"--sampler: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def _sobol(seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False)
 
 
 class StartupThen(optuna.samplers.BaseSampler):
