@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trials", type=int, default=100, help="trials per search")
     ap.add_argument("--slow-trials", type=int, default=None,
                     help="trials per search for the GP samplers (optuna-gp and the default), if fewer")
+    ap.add_argument("--slow-seeds", type=int, default=None,
+                    help="seeds for the GP samplers (optuna-gp and the default), if fewer")
     ap.add_argument("--workers", type=int, default=1, help="searches run in parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--doc", default=str(DEFAULT_DOC), help="markdown file to write the section into ('' for none)")
@@ -295,10 +297,12 @@ def main(argv: list[str] | None = None) -> None:
             "machine": machine(), "date": time.strftime("%Y-%m-%d"), "table": os.path.relpath(args.table, ROOT),
             "plans": len(table.rows), "complete": sum(r.get("state", "COMPLETE") == "COMPLETE" for r in table.rows),
             "table_fidelity": table.fidelity.describe(), "table_code": table.header.get("code_version", "?"),
-            "seeds": f"0-{args.seeds - 1}", "space": space.spec.name, "n_params": len(space.choices)}
+            "seeds": f"0-{args.seeds - 1}" + (f" (GP samplers: 0-{args.slow_seeds - 1})" if args.slow_seeds else ""),
+            "space": space.spec.name, "n_params": len(space.choices)}
     slow = {OPTUNA_GP, DEFAULT_SAMPLER, "botorch"}
     jobs = [(name, seed, args.table, args.slow_trials if (name in slow and args.slow_trials) else args.trials,
-             args.threads) for seed in range(args.seeds) for name in names]
+             args.threads) for seed in range(args.seeds) for name in names
+            if not (name in slow and args.slow_seeds is not None and seed >= args.slow_seeds)]
     results = []
     t0 = time.monotonic()
     ctx = mp.get_context("spawn")
