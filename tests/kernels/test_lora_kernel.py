@@ -12,7 +12,7 @@ import torch
 from kernel_cases import BF16_TOL, DEVICES, F32_TOL, make_case, rel_err, run, upcast
 from torch import nn
 
-from autopeft.kernels import FusedLoRA, cpu_lora, fused_kernels, lora_linear, reference
+from autopeft.kernels import FusedLoRA, fused_kernels, lora_linear, reference
 from autopeft.peft.modules import AdaptedLinear, DoRA, IA3Scale, LoRA
 
 # random shapes, ranks 1-64, with and without bias (seeded: the same cases every run)
@@ -20,24 +20,9 @@ CASES = [((5,), 17, 9, 1, True), ((2, 7), 32, 48, 4, False), ((3, 11), 40, 24, 8
          ((4, 9), 50, 70, 33, True), ((2, 16), 96, 80, 64, False), ((2, 16), 96, 80, 64, True)]
 
 
-@pytest.fixture(params=["one block", "several blocks"])
-def blocks(request, monkeypatch):
-    """The BLAS path works on blocks of rows; small tiles make these small cases span several (uneven) blocks."""
-    if request.param == "several blocks":
-        monkeypatch.setattr(cpu_lora, "TILE_ELEMENTS", 64)
-        monkeypatch.setattr(cpu_lora, "MIN_ROWS", 5)
-    return request.param
-
-
-def test_block_rows():
-    assert cpu_lora.block_rows(10, 384, 1536) == 10  # fewer tokens than a block: one block
-    assert cpu_lora.block_rows(4096, 384, 1536) == cpu_lora.TILE_ELEMENTS // 1536
-    assert cpu_lora.block_rows(4096, 2**22, 8) == cpu_lora.MIN_ROWS
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("lead", "d_in", "d_out", "rank", "bias"), CASES)
-def test_fused_equals_reference_float32(lead, d_in, d_out, rank, bias, device, blocks):
+def test_fused_equals_reference_float32(lead, d_in, d_out, rank, bias, device):
     case = make_case(lead, d_in, d_out, rank, bias, seed=rank, device=device)
     for got, want in zip(run(FusedLoRA.apply, *case), run(reference.lora_linear, *case), strict=True):
         assert got.shape == want.shape
@@ -46,7 +31,7 @@ def test_fused_equals_reference_float32(lead, d_in, d_out, rank, bias, device, b
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("lead", "d_in", "d_out", "rank", "bias"), CASES[1::2])
-def test_fused_bfloat16_within_tolerance(lead, d_in, d_out, rank, bias, device, blocks):
+def test_fused_bfloat16_within_tolerance(lead, d_in, d_out, rank, bias, device):
     case = make_case(lead, d_in, d_out, rank, bias, seed=rank, dtype=torch.bfloat16, device=device)
     got = run(FusedLoRA.apply, *case)
     want = run(reference.lora_linear, *upcast(*case[:5]), case[5])
@@ -55,12 +40,12 @@ def test_fused_bfloat16_within_tolerance(lead, d_in, d_out, rank, bias, device, 
         assert rel_err(g, w) <= BF16_TOL
 
 
-def test_fused_gradcheck_float64(blocks):
+def test_fused_gradcheck_float64():
     x, w, b, a, bb, s = make_case((2, 3), 6, 5, 2, True, seed=0, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x, a, bb: FusedLoRA.apply(x, w, b, a, bb, s), (x, a, bb))
 
 
-def test_input_without_grad_gives_only_parameter_gradients(blocks):
+def test_input_without_grad_gives_only_parameter_gradients():
     x, w, b, a, bb, s = make_case((3, 4), 12, 10, 3, True, seed=1)
     x.requires_grad_(False)
     got, want = run(FusedLoRA.apply, x, w, b, a, bb, s), run(reference.lora_linear, x, w, b, a, bb, s)
@@ -70,14 +55,14 @@ def test_input_without_grad_gives_only_parameter_gradients(blocks):
 
 
 def test_saves_only_x_and_x_a_for_backward():
-    """Activations kept for the backward: x (N, in) and x Aᵀ (N, r); besides them only the (frozen and adapter)
+    """Activations kept for the backward: x (N, in) and (x Aᵀ)ᵀ (r, N); besides them only the (frozen and adapter)
     weights themselves -- no (N, out) tensor and no W + s B A."""
     x, w, b, a, bb, s = make_case((4, 6), 20, 30, 5, True, seed=2)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         FusedLoRA.apply(x, w, b, a, bb, s)
     activations = sorted(tuple(t.shape) for t in saved if not any(t.data_ptr() == p.data_ptr() for p in (w, a, bb)))
-    assert activations == [(24, 5), (24, 20)]
+    assert activations == [(5, 24), (24, 20)]
     assert saved[0].data_ptr() == x.data_ptr()  # x itself, not a copy
 
 
