@@ -30,6 +30,13 @@ EvalExamplesOpt = typer.Option(None, "--eval-examples", help="Validation/test ex
 MaxLengthOpt = typer.Option(None, "--max-length", help="Max tokens per example (quickstart: 64).")
 LearningRateOpt = typer.Option(None, "--learning-rate", help="Peak learning rate (quickstart: 1e-3).")
 SeedOpt = typer.Option(None, "--seed", help="Seed for data, init and sampler (quickstart: 0).")
+# Throughput options (fidelity fields too: off by default, as in studies made before they existed).
+LengthBucketsOpt = typer.Option(None, "--length-buckets/--no-length-buckets", help="Batch examples of similar length together (less padding); default off.")
+FrozenCacheOpt = typer.Option(None, "--frozen-cache/--no-frozen-cache", help="Compute the blocks below each plan's lowest module once per worker (no dropout there); default off.")
+FrozenCacheDtypeOpt = typer.Option(None, "--frozen-cache-dtype", help="float32 or bfloat16: what the frozen-layer cache stores (default float32).")
+CompileOpt = typer.Option(None, "--compile/--no-compile", help="torch.compile the transformer blocks; default off.")
+AutocastOpt = typer.Option(None, "--autocast", help="Mixed precision: off, bf16 (GPU or CPU) or fp16 (GPU); default off.")
+CheckpointingOpt = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in the backward pass (less memory); default off.")
 
 
 def _fail(exc: Exception) -> None:
@@ -96,6 +103,12 @@ def run(
     max_length: Optional[int] = MaxLengthOpt,
     learning_rate: Optional[float] = LearningRateOpt,
     seed: Optional[int] = SeedOpt,
+    length_buckets: Optional[bool] = LengthBucketsOpt,
+    frozen_cache: Optional[bool] = FrozenCacheOpt,
+    frozen_cache_dtype: Optional[str] = FrozenCacheDtypeOpt,
+    compile: Optional[bool] = CompileOpt,
+    autocast: Optional[str] = AutocastOpt,
+    gradient_checkpointing: Optional[bool] = CheckpointingOpt,
     objective: Optional[str] = typer.Option(None, "--objective", help="proxy (train each plan, default), synthetic (closed-form score, no training: tests the set-up) or replay (scores from --table)."),
     table: Optional[str] = typer.Option(None, "--table", help="Replay objective: table of trained plans (benchmarks/build_table.py)."),
     trial_seconds: Optional[float] = typer.Option(None, "--trial-seconds", help="Synthetic objective: seconds each trial takes [0]."),
@@ -111,7 +124,13 @@ def run(
     try:
         fid = _fidelity(task=task, model=model, steps=steps, batch_size=batch_size, train_examples=train_examples,
                         eval_examples=eval_examples, max_length=max_length, learning_rate=learning_rate, seed=seed,
-                        objective=objective, trial_seconds=trial_seconds, table=table)
+                        objective=objective, trial_seconds=trial_seconds, table=table, length_buckets=length_buckets,
+                        frozen_cache=frozen_cache, frozen_cache_dtype=frozen_cache_dtype, compile=compile,
+                        autocast=autocast, gradient_checkpointing=gradient_checkpointing)
+        if fid.objective == "proxy":
+            from autopeft.proxy.train import check_options
+
+            check_options(fid, device)  # before any worker starts: e.g. fp16 on a CPU
         st, created = prepare_study(space, fid, storage=storage, study_name=study, sampler=sampler)
     except AutopeftError as exc:
         _fail(exc)
@@ -579,6 +598,12 @@ def retrain(
     max_length: Optional[int] = MaxLengthOpt,
     learning_rate: Optional[float] = LearningRateOpt,
     seed: Optional[int] = SeedOpt,
+    length_buckets: Optional[bool] = LengthBucketsOpt,
+    frozen_cache: Optional[bool] = FrozenCacheOpt,
+    frozen_cache_dtype: Optional[str] = FrozenCacheDtypeOpt,
+    compile: Optional[bool] = CompileOpt,
+    autocast: Optional[str] = AutocastOpt,
+    gradient_checkpointing: Optional[bool] = CheckpointingOpt,
     storage: Optional[str] = StorageOpt,
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda:0."),
     again: bool = typer.Option(False, "--again", help="Retrain even when the trial was already retrained at this fidelity."),
@@ -595,7 +620,9 @@ def retrain(
     from autopeft.study.storage import open_storage
 
     overrides = dict(steps=steps, batch_size=batch_size, train_examples=train_examples, eval_examples=eval_examples,
-                     max_length=max_length, learning_rate=learning_rate, seed=seed)
+                     max_length=max_length, learning_rate=learning_rate, seed=seed, length_buckets=length_buckets,
+                     frozen_cache=frozen_cache, frozen_cache_dtype=frozen_cache_dtype, compile=compile,
+                     autocast=autocast, gradient_checkpointing=gradient_checkpointing)
     try:
         if device.startswith("cuda"):
             import torch
@@ -603,6 +630,9 @@ def retrain(
             if not torch.cuda.is_available():
                 raise AutopeftError(f"--device: {device!r} asked, but torch sees no CUDA device; use --device cpu")
         request = prepare_retrain(open_storage(storage), name, trial, fidelity, overrides, again=again)
+        from autopeft.proxy.train import check_options
+
+        check_options(request.fidelity, device)
     except AutopeftError as exc:
         _fail(exc)
     quiet_libraries()

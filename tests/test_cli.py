@@ -77,6 +77,10 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path):
     bad_space.write_text("name: x\nmodules: {lora: {sizes: [0, 8], sites: [attn], rank: 2}}\n")
     r = cli("run", "--space", str(bad_space), *store, check=False)
     assert r.returncode == 2 and "modules.lora.sites" in r.stderr and "modules.lora.rank" in r.stderr
+    r = cli("run", "--autocast", "fp16", *store, check=False)  # fp16 needs a GPU
+    assert r.returncode == 2 and "--autocast" in r.stderr and "bf16" in r.stderr
+    r = cli("run", "--frozen-cache-dtype", "bfloat16", *store, check=False)
+    assert r.returncode == 2 and "--frozen-cache-dtype" in r.stderr and "--frozen-cache too" in r.stderr
     assert not db.exists()  # nothing was written for bad input
 
     r = cli("export", "nope", "-o", str(tmp_path / "x.yaml"), "--max-params", "abc", *store, check=False)

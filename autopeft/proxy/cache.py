@@ -11,8 +11,9 @@ feeds them in place of the lower blocks:
     -> blocks L.. (train as usual) -> head
 
 The embeddings still run (a lookup, cheap) so every model keeps its own masks, positions and pooling code; the
-feeder replaces block ``L - 1``'s output by the cached tensor. Hidden states are kept per example without
-padding (a flat (tokens, hidden) tensor and offsets), so any batch composition and padding width can be
+feeder replaces block ``L - 1``'s output by the cached tensor, whose padding positions are zeros (a trainer
+that computes the frozen blocks instead zeroes them too, so both give the same numbers). Hidden states are kept
+per example without padding (a flat (tokens, hidden) tensor and offsets), so any batch composition and padding width can be
 gathered from them. Entries live in RAM under a byte budget (least recently used evicted first), optionally
 also on disk (memory-mapped when read back), where other workers of the same fidelity find them.
 """
@@ -36,6 +37,8 @@ from autopeft.plan import PeftPlan
 
 #: attribute of a model whose blocks below it are fed from the cache (the block index the model runs from)
 START_ATTR = "autopeft_start_layer"
+#: attribute of an unfed model that zeroes padding entering its lowest trained block, like the cache
+PAD_ATTR = "autopeft_pad_zeros"
 #: batch key of the cached hidden states entering the first trained block, (B, T, C)
 HIDDEN_KEY = "frozen_hidden"
 #: RAM budget of a worker's cache unless the trainer or AUTOPEFT_FROZEN_CACHE_MB says otherwise
@@ -114,18 +117,48 @@ def restore(model: nn.Module, replaced: list[tuple[int, nn.Module]]) -> None:
         delattr(model, START_ATTR)
 
 
+class _PadZeros:
+    """Forward hook of the last frozen block of a model that is not fed: zeroes the padding positions of its output,
+    as the cache stores them, so the two ways of running give the same numbers. (Real positions never see padding;
+    what sees it is a token-level statistic such as the experts' load-balancing loss.)"""
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None  # (B, T) attention mask of the running batch
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if self.mask is None:
+            return output
+        keep = self.mask[..., None]  # (B, T, 1)
+        if isinstance(output, tuple):
+            return (output[0] * keep.to(output[0].dtype), *output[1:])
+        return output * keep.to(output.dtype)
+
+
+def zero_padding_below(model: nn.Module, start: int) -> None:
+    """Make an unfed ``model`` pass zeros at padding positions into block ``start`` (see :func:`fed`)."""
+    hook = _PadZeros()
+    _block_list(model)[start - 1].register_forward_hook(hook)
+    setattr(model, PAD_ATTR, hook)
+
+
 @contextlib.contextmanager
-def fed(model: nn.Module, hidden: torch.Tensor | None) -> Iterator[None]:
-    """Run ``model`` on ``hidden`` (the states entering its start layer); no-op for a model not fed."""
-    if not getattr(model, START_ATTR, 0):
-        yield
-        return
-    feeder = _block_list(model)[getattr(model, START_ATTR) - 1]
-    feeder.value = hidden
+def fed(model: nn.Module, hidden: torch.Tensor | None, attention_mask: torch.Tensor | None = None) -> Iterator[None]:
+    """Run ``model`` on ``hidden`` (the states entering its start layer) and the batch's ``attention_mask``;
+    a no-op for a plain model."""
+    pad = getattr(model, PAD_ATTR, None)
+    start = getattr(model, START_ATTR, 0)
+    feeder = _block_list(model)[start - 1] if start else None
+    if pad is not None:
+        pad.mask = attention_mask
+    if feeder is not None:
+        feeder.value = hidden
     try:
         yield
     finally:
-        feeder.value = None
+        if pad is not None:
+            pad.mask = None
+        if feeder is not None:
+            feeder.value = None
 
 
 # --------------------------------------------------------------------------- stored states
@@ -269,5 +302,5 @@ def weights_digest(model: nn.Module) -> str:
 
 
 __all__ = ["DEFAULT_CACHE_MB", "Feeder", "FrozenCache", "HIDDEN_KEY", "HiddenStates", "Passthrough", "START_ATTR",
-           "capture", "disk_key", "fed", "first_adapted_layer", "freeze_lower", "install_feeder", "lower_modules",
-           "pack_states", "restore", "weights_digest"]
+           "PAD_ATTR", "capture", "disk_key", "fed", "first_adapted_layer", "freeze_lower", "install_feeder", "lower_modules",
+           "pack_states", "restore", "weights_digest", "zero_padding_below"]

@@ -299,6 +299,8 @@ class ProxyTrainer:
         f = self.fidelity
         if start_layer:
             fc.install_feeder(model, start_layer)
+        elif f.frozen_cache and (frozen := self.frozen_layers(model.autopeft_plan)):
+            fc.zero_padding_below(model, frozen)  # what the cache would feed, computed
         if f.gradient_checkpointing:
             # Non-reentrant checkpointing: the frozen base's inputs need no gradient, and dropout masks are replayed.
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -411,7 +413,7 @@ class ProxyTrainer:
         from autopeft.peft import auxiliary_loss
 
         inputs = {k: v for k, v in batch.items() if k != fc.HIDDEN_KEY}
-        with fc.fed(model, batch.get(fc.HIDDEN_KEY)), self.autocast():
+        with fc.fed(model, batch.get(fc.HIDDEN_KEY), inputs["attention_mask"]), self.autocast():
             loss = model(**inputs).loss
             aux = auxiliary_loss(model)
             if aux is not None and self.fidelity.aux_loss_weight > 0:
@@ -436,7 +438,7 @@ class ProxyTrainer:
             hidden = None
             if states is not None:
                 hidden = states.gather(idx, inputs["input_ids"].shape[1]).to(self.device)  # (B, T, C)
-            with fc.fed(model, hidden), self.autocast():
+            with fc.fed(model, hidden, inputs["attention_mask"]), self.autocast():
                 logits = model(**inputs).logits  # (B, num_labels)
             pred[idx] = logits.argmax(-1).cpu()
         return score_predictions(pred.tolist(), data.labels.tolist(), self.task.metric, self.num_labels)

@@ -1,51 +1,27 @@
 """The proxy training loop on tiny random BERT and LLaMA classifiers saved from configs."""
 
-import csv
 import math
-import shutil
+import random
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+from tiny_proxy import save_tiny, write_toy_task
 
+from autopeft.errors import StudyError
 from autopeft.plan import ModuleSpec, PeftPlan
+from autopeft.proxy import train as proxy_train
 from autopeft.proxy.fidelity import Fidelity
-from autopeft.proxy.models import resolve_model_path
-from autopeft.proxy.train import ProxyTrainer, TrialFailed, score_predictions
-
-VOCAB = 30522  # the packaged MiniLM tokenizer's vocabulary, reused by the tiny models
+from autopeft.proxy.train import ProxyTrainer, TrialFailed, bucket_by_length, check_options, score_predictions
 
 
 def _save_tiny(kind, path):
-    torch.manual_seed(0)
-    if kind == "bert":
-        cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, num_labels=2)
-        model = BertForSequenceClassification(cfg)
-    else:
-        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, intermediate_size=64, num_labels=2, pad_token_id=0)
-        model = LlamaForSequenceClassification(cfg)
-    model.save_pretrained(path)
-    tok_dir = resolve_model_path("minilm")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(f"{tok_dir}/{name}", path / name)
-    return str(path)
+    return save_tiny(kind, path, dropout=0.1)
 
 
 @pytest.fixture(scope="module")
 def toy_task(tmp_path_factory):
-    """A separable sentiment-like task: label 1 iff the text contains 'good'."""
-    path = tmp_path_factory.mktemp("task") / "toy.csv"
-    words = ["film", "plot", "actor", "scene", "story", "music", "ending", "cast"]
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        for i in range(240):
-            label = i % 2
-            text = f"{words[i % 8]} {words[(i // 8) % 8]} {'good' if label else 'bad'} {words[(i * 3) % 8]}"
-            w.writerow([text, label])
-    return str(path)
+    """A separable sentiment-like task: label 1 iff the text contains 'good'; 3 to 15 words."""
+    return write_toy_task(tmp_path_factory.mktemp("task") / "toy.csv", 240)
 
 
 @pytest.mark.parametrize("kind", ["bert", "llama"])
@@ -87,3 +63,107 @@ def test_macro_f1_and_accuracy():
     assert score_predictions([0, 1, 1, 0], [0, 1, 0, 0], "accuracy", 2) == 0.75
     # class 0: tp=2 fp=0 fn=1 -> 0.8; class 1: tp=1 fp=1 fn=0 -> 2/3
     assert score_predictions([0, 1, 1, 0], [0, 1, 0, 0], "macro_f1", 2) == pytest.approx((0.8 + 2 / 3) / 2)
+
+
+# --------------------------------------------------------------------------- batches
+@pytest.fixture(scope="module")
+def bert_trainer(tmp_path_factory, toy_task):
+    model = _save_tiny("bert", tmp_path_factory.mktemp("bert") / "bert")
+    return ProxyTrainer(Fidelity(model=model, task=toy_task, steps=30, batch_size=8, train_examples=96,
+                                 eval_examples=40, max_length=24, learning_rate=1e-2))
+
+
+def _with(trainer: ProxyTrainer, **fields) -> ProxyTrainer:
+    """``trainer`` at another fidelity, sharing its loaded model and data (as a worker would build it anew)."""
+    other = object.__new__(ProxyTrainer)
+    other.__dict__.update(trainer.__dict__)
+    other.fidelity = trainer.fidelity.model_copy(update=fields)
+    return other
+
+
+def _losses(trainer: ProxyTrainer, plan: PeftPlan) -> list[float]:
+    out: list[float] = []
+    trainer.run(plan, on_step=lambda step, loss: out.append(loss))
+    return out
+
+
+LORA = PeftPlan.from_modules(2, {i: [ModuleSpec("lora", "q", 4)] for i in range(2)})
+
+
+def test_collate_pads_each_batch_to_its_longest_member(bert_trainer):
+    data = bert_trainer.train_data
+    idx = [5, 0, 17]
+    batch = proxy_train._collate(data, idx, torch.device("cpu"))
+    rows = [data.input_ids[i, : data.lengths[i]].tolist() for i in idx]  # per-example reference
+    width = max(map(len, rows))
+    assert batch["input_ids"].shape == (3, width)
+    for r, row in enumerate(rows):
+        pad = width - len(row)
+        assert batch["input_ids"][r].tolist() == row + [bert_trainer.tokenizer.pad_token_id] * pad
+        assert batch["attention_mask"][r].tolist() == [1] * len(row) + [0] * pad
+    assert batch["labels"].tolist() == [int(data.labels[i]) for i in idx]
+
+
+def test_length_buckets_keep_the_examples_and_cut_padding():
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 60) for _ in range(500)]
+    stream = list(range(500)) * 2
+    rng.shuffle(stream)
+    batches = [stream[i : i + 16] for i in range(0, 960, 16)]  # 60 batches: one full chunk of 50 and one of 10
+    bucketed = bucket_by_length(batches, lengths, seed=0)
+    assert len(bucketed) == len(batches) and all(len(b) == 16 for b in bucketed)
+    for start in (0, 50):  # every chunk keeps exactly its examples
+        chunk = slice(start, start + 50)
+        assert sorted(i for b in bucketed[chunk] for i in b) == sorted(i for b in batches[chunk] for i in b)
+    padded = lambda bs: sum(len(b) * max(lengths[i] for i in b) for b in bs)  # noqa: E731
+    assert padded(bucketed) < 0.7 * padded(batches)
+    assert bucket_by_length(batches, lengths, seed=0) == bucketed  # seeded
+    assert bucket_by_length(batches, lengths, seed=1) != bucketed
+
+
+def test_length_buckets_only_when_asked(bert_trainer):
+    plain = bert_trainer._batches(30, 8, 0)
+    bucketed = _with(bert_trainer, length_buckets=True)._batches(30, 8, 0)
+    assert plain != bucketed and sorted(map(sorted, plain)) != sorted(map(sorted, bucketed))
+    assert sorted(i for b in plain for i in b) == sorted(i for b in bucketed for i in b)
+
+
+def test_evaluation_batching_does_not_change_the_score(bert_trainer):
+    model = bert_trainer.build_model(LORA)
+    torch.nn.init.normal_(model.classifier.weight, std=1.0)  # a head that predicts both classes
+    big = bert_trainer.evaluate(model, bert_trainer.eval_data)  # token-budget batches
+    small = bert_trainer.evaluate(model, bert_trainer.eval_data, batch_size=3)
+    assert big == small
+
+
+# --------------------------------------------------------------------------- options
+def test_gradient_checkpointing_gives_the_same_losses(bert_trainer):
+    short = _with(bert_trainer, steps=4)
+    ckpt = _with(bert_trainer, steps=4, gradient_checkpointing=True)
+    assert _losses(ckpt, LORA) == pytest.approx(_losses(short, LORA), rel=1e-5)  # dropout masks are replayed
+
+
+def test_bf16_autocast_runs_on_cpu(bert_trainer):
+    fp32 = _losses(_with(bert_trainer, steps=4), LORA)
+    bf16 = _losses(_with(bert_trainer, steps=4, autocast="bf16"), LORA)
+    assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=5e-2)
+
+
+def test_options_the_device_cannot_run_are_refused(monkeypatch):
+    with pytest.raises(StudyError, match="--autocast: fp16 needs a CUDA device.*--autocast bf16"):
+        check_options(Fidelity(autocast="fp16"), "cpu")
+    monkeypatch.setattr(proxy_train, "_c_compiler", lambda: None)
+    with pytest.raises(StudyError, match="--compile: .*C compiler.*drop --compile"):
+        check_options(Fidelity(compile=True), "cpu")
+
+
+@pytest.mark.slow  # ~40 s on 2 cores: inductor compiles the forward, backward and inference graphs
+@pytest.mark.skipif(proxy_train._c_compiler() is None, reason="torch.compile on CPU needs a C compiler (cc/gcc/clang)")
+def test_compiled_blocks_give_the_same_losses(tmp_path, toy_task):
+    model = save_tiny("bert", tmp_path / "bert", dropout=0.0, layers=1)  # inductor draws its own dropout masks
+    fid = Fidelity(model=model, task=toy_task, steps=2, batch_size=8, train_examples=32, eval_examples=8,
+                   max_length=24)
+    plan = PeftPlan.from_modules(1, {0: [ModuleSpec("lora", "q", 4)]})
+    eager = ProxyTrainer(fid)
+    compiled = ProxyTrainer(fid.model_copy(update={"compile": True}))
+    assert _losses(compiled, plan) == pytest.approx(_losses(eager, plan), rel=1e-5)

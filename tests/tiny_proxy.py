@@ -1,0 +1,48 @@
+"""Tiny random BERT and LLaMA classifiers saved from configs (with the packaged MiniLM tokenizer), and a toy task,
+for tests that run the proxy trainer end to end in seconds."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+
+from autopeft.proxy.models import resolve_model_path
+
+VOCAB = 30522  # the packaged MiniLM tokenizer's vocabulary, reused by the tiny models
+WORDS = ["film", "plot", "actor", "scene", "story", "music", "ending", "cast"]
+
+
+def save_tiny(kind: str, path: Path, dropout: float = 0.1, layers: int = 2) -> str:
+    """A seeded tiny ``kind`` ("bert" or "llama") classifier saved at ``path``; returns the path."""
+    torch.manual_seed(0)
+    if kind == "bert":
+        cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                         intermediate_size=64, num_labels=2, hidden_dropout_prob=dropout,
+                         attention_probs_dropout_prob=dropout)
+        model = BertForSequenceClassification(cfg)
+    else:
+        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=64, num_labels=2, pad_token_id=0,
+                          attention_dropout=dropout)
+        model = LlamaForSequenceClassification(cfg)
+    model.save_pretrained(path)
+    tok = resolve_model_path("minilm")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(f"{tok}/{name}", Path(path) / name)
+    return str(path)
+
+
+def write_toy_task(path: Path, n: int = 240) -> str:
+    """Label 1 iff the text says 'good'; texts of 3 to 15 words, so batches carry padding."""
+    with Path(path).open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        for i in range(n):
+            label = i % 2
+            words = [WORDS[i % 8], WORDS[(i // 8) % 8], "good" if label else "bad"] + [WORDS[(i * 3) % 8]] * (i % 13)
+            w.writerow([" ".join(words), label])
+    return str(path)
