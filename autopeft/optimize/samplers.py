@@ -18,14 +18,16 @@ SAMPLERS = ("botorch", "random", "tpe", "nsga2", "optuna-botorch", "optuna-gp")
 DEFAULT_SAMPLER = "botorch"
 
 
-def make_sampler(name: str, *, seed: int = 0, n_startup_trials: int = 8) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, *, seed: int = 0, n_startup_trials: int = 8, space=None) -> optuna.samplers.BaseSampler:
     """The sampler called ``name``.
 
     ``botorch`` (default): autopeft's own multi-objective BO on BoTorch (:class:`~autopeft.optimize.mobo.MOBOSampler`):
     a scrambled Sobol design for the first ``n_startup_trials`` trials, then one GP per objective, refitted (warm)
     only when results came in, and proposals that maximise the expected hypervolume improvement over the grid of
     choices, with RUNNING and queued (WAITING) trials as pending points, so concurrent workers and queued batches
-    never get the same proposal.
+    never get the same proposal. It works on plans: parameters that describe the same plan (a layer switch of a
+    module that is off, say) are one point, read through ``space`` (a :class:`~autopeft.space.SearchSpace`) or,
+    without it, through the space recorded on an autopeft study.
 
     Baselines: ``random``, ``tpe`` (multivariate, constant liar), ``nsga2``, ``optuna-botorch`` (Optuna's
     ``BoTorchSampler`` with qLogNEHVI: the default before autopeft had its own; refits from scratch on every
@@ -35,7 +37,7 @@ def make_sampler(name: str, *, seed: int = 0, n_startup_trials: int = 8) -> optu
     if name == "botorch":
         from autopeft.optimize.mobo import MOBOSampler
 
-        main = MOBOSampler(seed=seed, n_startup_trials=n_startup_trials)
+        main = MOBOSampler(seed=seed, n_startup_trials=n_startup_trials, canonical=SpaceCanonical(space))
         return StartupThen(_sobol(seed), PendingAware(main), n_startup_trials)
     if name == "optuna-botorch":
         from optuna_integration import BoTorchSampler
@@ -62,6 +64,39 @@ def make_sampler(name: str, *, seed: int = 0, n_startup_trials: int = 8) -> optu
 
 def _sobol(seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False)
+
+
+class SpaceCanonical:
+    """``(study, params) -> params``: the canonical parameters of the plan that ``params`` decode to
+    (``space.encode(space.decode(params))``), through ``space`` or the space recorded on the study; parameters of
+    a study without one come back unchanged."""
+
+    def __init__(self, space=None):
+        self.space = space
+        self._studies: dict[int, object] = {}  # study id -> its space (None: not an autopeft study)
+
+    def _space_of(self, study):
+        if self.space is not None:
+            return self.space
+        key = study._study_id
+        if key not in self._studies:
+            from autopeft.space import ModelDims, SearchSpace, parse_space
+            from autopeft.study.study import CONFIG_ATTR
+
+            config = study.user_attrs.get(CONFIG_ATTR)
+            space = None
+            if config is not None:
+                d = config["dims"]
+                spec = parse_space(config["space_yaml"], source=study.study_name)
+                space = SearchSpace(spec, ModelDims(d["num_layers"], d["hidden_size"], tuple(d["sites"])))
+            self._studies[key] = space
+        return self._studies[key]
+
+    def __call__(self, study, params: dict) -> dict:
+        space = self._space_of(study)
+        if space is None or set(params) != set(space.choices):
+            return params
+        return space.encode(space.decode({k: int(v) for k, v in params.items()}))
 
 
 class StartupThen(optuna.samplers.BaseSampler):

@@ -1,0 +1,246 @@
+"""Proposer latency: seconds for a batch of 8 proposals at 50, 200 and 1,000 completed trials, and a search-quality
+check of the default sampler against the one it replaced.
+
+    python benchmarks/proposer_latency.py [--sizes 50,200,1000] [--repeats 5] [--quality-seeds 5]
+
+Part 1 - latency. The space is ``search_spaces/full.yaml`` bound to MiniLM's shape (74 integer parameters), the
+trials are seeded random plans of it scored by the synthetic objective (``autopeft.proxy.synthetic``: exact
+trainable %, a score that saturates with the log of the parameter count). For each sampler and size N a study on
+Optuna's in-memory storage holds N - 8 completed trials; one batch of 8 is proposed and completed untimed (the
+first fit, cold), then each repeat times a batch of 8 proposals made the way ``autopeft propose`` makes them (each
+trial asked and every parameter suggested while the earlier ones of the batch stay RUNNING, i.e. pending) and then
+completes them, so every timed batch sees 8 new results, as a proposer serving workers does: repeat r runs at
+N + 8 (r - 1) completed trials. Samplers, side by side in one run:
+
+* ``autopeft`` - ``make_sampler("botorch")``, autopeft's default (:mod:`autopeft.optimize.mobo`);
+* ``optuna-botorch`` - Optuna's ``BoTorchSampler`` with qLogNEHVI, the previous default;
+* ``optuna-gp`` - Optuna's native ``GPSampler``.
+
+A sampler whose batch would take longer than ``--cell-seconds`` (estimated from its previous size, assuming the
+time grows with N^2) is skipped at that size, and its repeats stop once a cell has used that budget; both are
+printed. Torch runs on one thread (``--threads``), as autopeft's proposer does.
+
+Part 2 - search quality on the synthetic objective (the replay benchmark, ``benchmarks/search_quality.py``, is the
+real test): hypervolume after 25 and 50 trials, sequential ask/tell with the head-only anchor first and 8 Sobol
+start-up trials, for the new default and the previous one, over ``--quality-seeds`` seeds. Two measures: the
+project's reference point (score 0, 100 % trainable) and a log one (trainable % on a log10 axis, reference at
+score 0.5 and 100 %), where the cheap end of the front counts as much as the accurate one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import random
+import statistics
+import time
+import warnings
+
+SPACE = "full"
+BATCH = 8
+SAMPLERS = ("autopeft", "optuna-botorch", "optuna-gp")
+
+
+def setup():
+    from autopeft.proxy.fidelity import Fidelity
+    from autopeft.proxy.models import load_config, model_dims
+    from autopeft.proxy.synthetic import SyntheticEvaluator
+    from autopeft.space import SearchSpace, load_space
+
+    fidelity = Fidelity(objective="synthetic")
+    space = SearchSpace(load_space(SPACE), model_dims(load_config(fidelity.model)), source=SPACE)
+    return space, SyntheticEvaluator(fidelity)
+
+
+#: Ablations of the default: each row changes one choice of :class:`autopeft.optimize.mobo.MOBOSampler`.
+ABLATIONS = {
+    "autopeft-wide-search": {"raw_samples": 512, "num_restarts": 8, "max_steps": 20},  # twice the acquisition search
+    "autopeft-linear-costs": {"log_costs": False},  # trainable % modelled as is, not its log
+    "autopeft-no-believer": {"believer": False},  # pending points only kept out, not believed
+    "autopeft-qlognehvi": {"acquisition": "qlognehvi"},  # BoTorch's Monte-Carlo qLogNEHVI instead of analytic EHVI
+}
+
+
+def make(name: str, seed: int):
+    from autopeft.optimize.samplers import PendingAware, StartupThen, _sobol, make_sampler
+
+    if name in ABLATIONS:
+        from autopeft.optimize.mobo import MOBOSampler
+
+        main = MOBOSampler(seed=seed, n_startup_trials=8, **ABLATIONS[name])
+        return StartupThen(_sobol(seed), PendingAware(main), 8)
+    return make_sampler("botorch" if name == "autopeft" else name, seed=seed, n_startup_trials=8)
+
+
+def _values(space, evaluator, params):
+    m = evaluator.run(space.decode({k: int(v) for k, v in params.items()}))
+    return [m.objective(o) for o in space.objectives]
+
+
+def _batch(study, space, evaluator) -> float:
+    """Seconds to propose one batch (trials left RUNNING while the rest are proposed); then completes it."""
+    dists = space.distributions()
+    started = time.perf_counter()
+    trials = []
+    for _ in range(BATCH):
+        trial = study.ask()
+        for name, d in dists.items():
+            trial.suggest_int(name, d.low, d.high)
+        trials.append(trial)
+    seconds = time.perf_counter() - started
+    for trial in trials:
+        study.tell(trial, _values(space, evaluator, trial.params))
+    return seconds
+
+
+def latency_cell(name: str, n: int, repeats: int, cell_seconds: float, space, evaluator) -> tuple[list[float], str]:
+    import optuna
+
+    rng = random.Random(n)
+    study = optuna.create_study(directions=space.directions, sampler=make(name, seed=0))
+    dists = space.distributions()
+    done = []
+    for _ in range(n - BATCH):
+        params = space.sample(rng)
+        done.append(optuna.trial.create_trial(params=params, distributions=dists,
+                                              values=_values(space, evaluator, params)))
+    study.add_trials(done)
+    started = time.perf_counter()
+    _batch(study, space, evaluator)  # the first fit, untimed
+    times, note = [], ""
+    for r in range(repeats):
+        times.append(_batch(study, space, evaluator))
+        if time.perf_counter() - started > cell_seconds and r + 1 < repeats:
+            note = f"{repeats - r - 1} repeat(s) skipped: the cell used its {cell_seconds:.0f} s budget"
+            break
+    return times, note
+
+
+def part_latency(args, space, evaluator) -> None:
+    sizes = [int(s) for s in args.sizes.split(",")]
+    samplers = args.samplers.split(",")
+    print(f"\n## latency: batch of {BATCH} proposals, seconds (median of repeats; each repeat after 8 new results)")
+    print("| completed trials | " + " | ".join(samplers) + " | " + " | ".join(f"{s} / autopeft" for s in samplers[1:])
+          + " |")
+    print("|---:|" + "---:|" * (2 * len(samplers) - 1))
+    last: dict[str, tuple[int, float]] = {}
+    notes = []
+    for n in sizes:
+        medians = {}
+        for name in samplers:
+            if name in last:
+                n0, t0 = last[name]
+                estimate = t0 * (n / n0) ** 2
+                if estimate > args.cell_seconds:
+                    notes.append(f"{name} at {n}: skipped, a batch would take about {estimate:.0f} s "
+                                 f"({t0:.1f} s at {n0}, x (N ratio)^2) > --cell-seconds {args.cell_seconds:.0f}")
+                    continue
+            times, note = latency_cell(name, n, args.repeats, args.cell_seconds, space, evaluator)
+            medians[name] = statistics.median(times)
+            last[name] = (n, medians[name])
+            spread = f"{min(times):.2f}-{max(times):.2f}"
+            notes.append(f"{name} at {n}: {len(times)} repeat(s), {spread} s" + (f"; {note}" if note else ""))
+        row = [f"{medians[s]:.2f}" if s in medians else "skipped" for s in samplers]
+        base = medians.get(samplers[0])
+        ratios = [f"{medians[s] / base:.1f}x" if s in medians and base else "-" for s in samplers[1:]]
+        print(f"| {n} | " + " | ".join(row) + " | " + " | ".join(ratios) + " |", flush=True)
+    for line in notes:
+        print(f"- {line}")
+
+
+# --------------------------------------------------------------------------- part 2
+def hypervolume_2d(points, ref) -> float:
+    """Area dominated by (score up, cost down) points over ``ref`` = (score, cost)."""
+    inside = sorted((p for p in points if p[0] > ref[0] and p[1] < ref[1]), key=lambda p: -p[0])
+    area, best = 0.0, ref[1]
+    for score, cost in inside:
+        if cost < best:
+            area += (score - ref[0]) * (best - cost)
+            best = cost
+    return area
+
+
+def search(name: str, seed: int, n_trials: int, space, evaluator) -> list[tuple[float, float]]:
+    import optuna
+
+    from autopeft.study.study import enqueue_anchors
+
+    study = optuna.create_study(directions=space.directions, sampler=make(name, seed))
+    study.set_metric_names(space.objectives)
+    enqueue_anchors(study, space)
+    dists = space.distributions()
+    out = []
+    for _ in range(n_trials):
+        trial = study.ask(fixed_distributions=dists)
+        values = _values(space, evaluator, trial.params)
+        study.tell(trial, values)
+        out.append(tuple(values))
+    return out
+
+
+def part_quality(args, space, evaluator) -> None:
+    checkpoints = (25, 50)
+    measures = {"project": (lambda s, c: (s, c), (0.0, 100.0)),
+                "log": (lambda s, c: (s, math.log10(max(c, 1e-6))), (0.5, 2.0))}
+    names = args.quality_samplers.split(",")
+    hv = {(n, m, c): [] for n in names for m in measures for c in checkpoints}
+    for seed in range(args.quality_seeds):
+        for name in names:
+            started = time.perf_counter()
+            points = search(name, seed, max(checkpoints), space, evaluator)
+            for m, (to, ref) in measures.items():
+                for c in checkpoints:
+                    hv[(name, m, c)].append(hypervolume_2d([to(*p) for p in points[:c]], ref))
+            print(f"  seed {seed} {name}: {time.perf_counter() - started:.0f} s", flush=True)
+    print("\n## search quality on the synthetic objective: hypervolume, mean ± sd over seeds")
+    print("| sampler | " + " | ".join(f"{m} @{c}" for m in measures for c in checkpoints) + " | "
+          + " | ".join(f"{m} @{c} / {names[0]}" for m in measures for c in checkpoints) + " |")
+    print("|---|" + "---:|" * (4 * len(measures)))
+    for n in names:
+        cells = [f"{statistics.mean(hv[(n, m, c)]):.4g} ± {statistics.pstdev(hv[(n, m, c)]):.2g}"
+                 for m in measures for c in checkpoints]
+        ratios = [f"{statistics.mean(hv[(n, m, c)]) / statistics.mean(hv[(names[0], m, c)]):.3f}"
+                  for m in measures for c in checkpoints]
+        print(f"| {n} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="50,200,1000")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma list; the first is the baseline of "
+                        "the ratio columns")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cell-seconds", type=float, default=600.0,
+                        help="time budget of one (sampler, size) cell; larger cells are skipped or cut short")
+    parser.add_argument("--quality-seeds", type=int, default=5, help="0 skips part 2")
+    parser.add_argument("--quality-samplers", default="autopeft,optuna-botorch,random," + ",".join(ABLATIONS),
+                        help="comma list for part 2; the first is the baseline of the ratio columns")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    import optuna
+    import torch
+
+    from autopeft.study.runner import quiet_libraries
+
+    torch.set_num_threads(args.threads)
+    quiet_libraries()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# proposer_latency: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {load:.1f}, "
+          f"torch {torch.__version__} ({args.threads} thread), optuna {optuna.__version__}, {time.strftime('%Y-%m-%d')}")
+    space, evaluator = setup()
+    print(f"space {SPACE}: {len(space.distributions())} parameters")
+    if not args.skip_latency:
+        part_latency(args, space, evaluator)
+    if args.quality_seeds:
+        part_quality(args, space, evaluator)
+    print(f"load at the end {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "")
+
+
+if __name__ == "__main__":
+    main()
