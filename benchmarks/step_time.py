@@ -21,8 +21,10 @@ step) of:
   run :func:`autopeft.kernels.reference.lora_experts_loop` (a Python loop over experts).
 
 Besides the whole step, the expert layer alone (forward + backward of one ``LoRAExperts`` on the model's tokens x
-hidden) is timed, since in the whole step the frozen model dilutes it: the loop; tokens gathered by expert into a
-padded batch (one ``bmm`` per factor, scatter-add back); autopeft's dense node unfused and fused.
+hidden, from a fixed upstream gradient plus the weighted load-balancing loss) is timed, since in the whole step
+the frozen model dilutes it: the loop; tokens gathered by expert into a padded batch (one ``bmm`` per factor,
+scatter-add back); autopeft's dense experts node with the routing through autograd (gates given), the same
+unfused, and the node with the router inside (the module's default for top-k routing).
 
 Timing: every repeat runs each configuration once, in turn (so load drifts hit all alike); one warm-up round first;
 the median of ``--repeats`` is reported with its ratio to the bound and to peft's matching row. Memory: the
@@ -49,7 +51,7 @@ from transformers import (
     LlamaForSequenceClassification,
 )
 
-from autopeft.kernels import fused_kernels, reference
+from autopeft.kernels import fused_kernels, lora_experts, reference
 from autopeft.peft import apply_plan, auxiliary_loss, get_arch
 from autopeft.peft.modules import LoRAExperts
 from autopeft.plan import ModuleSpec, PeftPlan
@@ -123,6 +125,16 @@ def _loop_forward(self: LoRAExperts, x: torch.Tensor) -> torch.Tensor:
     gates, probs, chosen = self.route(x2)
     self.aux_loss = self.routing_loss(probs, chosen)
     return reference.lora_experts_loop(x2, gates, self.lora_A, self.lora_B, self.scaling).view(*shape[:-1], -1)
+
+
+def _gated_forward(self: LoRAExperts, x: torch.Tensor) -> torch.Tensor:
+    """The module's routing through autograd, then the experts' fused node with the gates given (the path that
+    routing rules other than top-k, such as DynMoLE, take)."""
+    x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+    gates, probs, chosen = self.route(x2)
+    self.aux_loss = self.routing_loss(probs, chosen)
+    y = lora_experts(x2, gates.to(x.dtype), self.lora_A, self.lora_B, self.scaling)  # (N, out)
+    return y.view(*x.shape[:-1], -1)
 
 
 def _gathered_forward(self: LoRAExperts, x: torch.Tensor) -> torch.Tensor:
@@ -248,17 +260,21 @@ def bench_expert_layer(name: str, repeats: int, device, dtype) -> list[dict]:
         layer.lora_B.normal_(generator=g)  # B starts at 0; make the branch non-trivial
     layer.to(device=device, dtype=dtype)
     x = torch.randn(b * t, d, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    dy = torch.randn(b * t, d, generator=g).to(device=device, dtype=dtype)  # a fixed upstream gradient
+    aux_weight = torch.tensor(AUX_WEIGHT, device=device)
     variants = {"loop over experts": (_loop_forward.__get__(layer), contextlib.nullcontext),
                 "gathered by expert (padded bmm)": (_gathered_forward.__get__(layer), contextlib.nullcontext),
+                "autopeft dense, gates given": (_gated_forward.__get__(layer), contextlib.nullcontext),
                 "autopeft dense, unfused": (layer.forward, lambda: fused_kernels(False)),
-                "autopeft": (layer.forward, contextlib.nullcontext)}
+                "autopeft (router in the node)": (layer.forward, contextlib.nullcontext)}
     times: dict[str, list[float]] = {k: [] for k in variants}
     for rep in range(repeats + 1):
         for label, (fwd, context) in variants.items():
             with context():
                 _sync(device)
                 t0 = time.perf_counter()
-                fwd(x).float().pow(2).mean().backward()
+                y = fwd(x)  # (N, out); the layer's output and its routing loss, as in a training step
+                torch.autograd.backward([y, layer.aux_loss], [dy, aux_weight])
                 _sync(device)
             if rep:
                 times[label].append(time.perf_counter() - t0)

@@ -7,8 +7,9 @@ calls otherwise (:mod:`.cpu_lora`).
 
     lora_experts(x, g, A, B, s) = s Σ_e g_e (x A_eᵀ) B_eᵀ
 
-runs every expert of a layer as one autograd node of two matmuls (:mod:`.cpu_experts`, torch ops on any device). It falls back to the reference (autograd over plain ops) where the fused
-paths do not apply: a base weight or bias that trains, mixed dtypes, or autocast. ``fused_kernels(False)`` turns
+runs every expert of a layer as one autograd node of two matmuls (:mod:`.cpu_experts`, torch ops on any device);
+``routed_lora_experts`` adds the top-k softmax router to that node (the router's weight rides the experts' GEMMs).
+They fall back to the reference (autograd over plain ops) where the fused paths do not apply: a base weight or bias that trains, mixed dtypes, or autocast. ``fused_kernels(False)`` turns
 the fused paths off (benchmarks compare both; a fused path suspected of a bug can be ruled out).
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 import torch
 
 from autopeft.kernels import reference
-from autopeft.kernels.cpu_experts import FusedExperts
+from autopeft.kernels.cpu_experts import FusedExperts, FusedRoutedExperts
 from autopeft.kernels.cpu_lora import FusedLoRA
 
 _enabled = True
@@ -80,4 +81,16 @@ def lora_experts(x: torch.Tensor, gates: torch.Tensor, lora_A: torch.Tensor, lor
     return FusedExperts.apply(x, gates, lora_A, lora_B, scaling)
 
 
-__all__ = ["FusedExperts", "FusedLoRA", "fused_kernels", "lora_experts", "lora_linear", "reference", "triton_available"]
+def routed_lora_experts(x: torch.Tensor, router_weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor,
+                        scaling: float, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k softmax routing plus ``lora_experts``: x (N, in), R (E, in) -> (y (N, out), probs (N, E), top_i (N, k)).
+
+    Gradients flow to x, R, A and B, from y and from any loss on probs (the load-balancing loss).
+    """
+    if not _fusable(x, router_weight, lora_A, lora_B):
+        return reference.routed_lora_experts(x, router_weight, lora_A, lora_B, scaling, top_k)
+    return FusedRoutedExperts.apply(x, router_weight, lora_A, lora_B, scaling, top_k)
+
+
+__all__ = ["FusedExperts", "FusedLoRA", "FusedRoutedExperts", "fused_kernels", "lora_experts", "lora_linear", "reference",
+           "routed_lora_experts", "triton_available"]

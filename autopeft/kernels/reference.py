@@ -2,6 +2,7 @@
 
     lora_linear:   y = x Wᵀ + b + s (x Aᵀ) Bᵀ                         W (out, in), A (r, in), B (out, r)
     lora_experts:  y = s Σ_e g_e(x) (x A_eᵀ) B_eᵀ                       A (E, r, in), B (E, out, r), g (N, E)
+    routed_lora_experts: the same with g = renormalised top-k of softmax(R x), R (E, in)
 
 Autograd differentiates these; the tests compare the fused paths' outputs and gradients with them.
 """
@@ -26,6 +27,19 @@ def lora_experts(x: torch.Tensor, gates: torch.Tensor, lora_A: torch.Tensor, lor
     h = (h.view(-1, e, r) * gates.unsqueeze(-1)).reshape(-1, e * r)  # (N, E*r), g_e A_e x
     b = lora_B.permute(1, 0, 2).reshape(-1, e * r)  # (out, E*r): [B_0 | B_1 | ... ]
     return F.linear(h, b) * scaling  # (N, out) = s sum_e g_e B_e A_e x
+
+
+def routed_lora_experts(x: torch.Tensor, router_weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor,
+                        scaling: float, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x`` (N, in) -> (y (N, out), probs (N, E), top_i (N, k)): top-k softmax routing, then :func:`lora_experts`.
+
+    The softmax runs in float32 (float64 for float64 inputs), as :meth:`LoRAExperts.route` does.
+    """
+    logits = F.linear(x, router_weight)  # (N, E)
+    probs = F.softmax(logits.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)  # (N, E)
+    top_p, top_i = probs.topk(top_k, dim=-1)  # (N, k)
+    gates = torch.zeros_like(probs).scatter(-1, top_i, top_p / top_p.sum(-1, keepdim=True))  # (N, E)
+    return lora_experts(x, gates.to(x.dtype), lora_A, lora_B, scaling), probs, top_i
 
 
 def lora_experts_loop(x: torch.Tensor, gates: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor,

@@ -92,12 +92,12 @@ def _adapted(module_cls, seed=4):
 
 
 def test_adapted_linear_fuses_plain_lora_only_when_nothing_changes_its_input():
-    x = torch.randn(2, 5, 12, requires_grad=True)
+    x = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(5), requires_grad=True)
     lin = _adapted(LoRA)
     y = lin(x)
     assert y.grad_fn.name() == "FusedLoRABackward"
     with fused_kernels(False):
-        torch.testing.assert_close(y, lin(x), rtol=F32_TOL, atol=0)
+        assert rel_err(y, lin(x)) <= F32_TOL
     assert _adapted(DoRA)(x).grad_fn.name() != "FusedLoRABackward"
     lin.ia3_in = IA3Scale(12)  # W sees a rescaled input, the LoRA branch the raw one: not one fused product
     assert lin(x).grad_fn.name() != "FusedLoRABackward"

@@ -5,7 +5,8 @@
 
 Gao et al. 2024, "Higher Layers Need More LoRA Experts" (MoLA), https://arxiv.org/abs/2402.08562; the router
 follows Shazeer et al. 2017 / Fedus et al. 2022. All experts run as two batched matmuls (no loop over experts):
-the non-selected ones get gate 0; :func:`autopeft.kernels.lora_experts` does it as one autograd node. Each forward stores the Switch Transformer load-balancing loss
+the non-selected ones get gate 0; :func:`autopeft.kernels.routed_lora_experts` does it, router included, as one
+autograd node. Each forward stores the Switch Transformer load-balancing loss
 (Fedus et al. 2022, https://arxiv.org/abs/2101.03961, eq. 4) in ``self.aux_loss``:
 
     aux = E * sum_e f_e * P_e,   f_e = share of the N*k (token, slot) routes that go to e,  P_e = mean_t p_e(t)
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
-from autopeft.kernels import lora_experts
+from autopeft.kernels import lora_experts, routed_lora_experts
 from autopeft.peft.modules._init import linear_init_
 
 
@@ -71,9 +72,13 @@ class LoRAExperts(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (N, in)
-        gates, probs, chosen = self.route(x)
+        if type(self).route is LoRAExperts.route:  # top-k routing: the router joins the experts' fused node
+            y, probs, chosen = routed_lora_experts(x, self.router.weight, self.lora_A, self.lora_B, self.scaling,
+                                                   self.top_k)  # (N, out)
+        else:  # another routing rule (DynMoLE): route here, the experts' node takes the gates
+            gates, probs, chosen = self.route(x)
+            y = lora_experts(x, gates.to(x.dtype), self.lora_A, self.lora_B, self.scaling)  # (N, out)
         self.aux_loss = self.routing_loss(probs, chosen)
-        y = lora_experts(x, gates.to(x.dtype), self.lora_A, self.lora_B, self.scaling)  # (N, out)
         return y.view(*shape[:-1], -1)  # (..., out)
 
     def extra_repr(self) -> str:
