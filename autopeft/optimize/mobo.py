@@ -263,14 +263,19 @@ class Marginals:
         return cls(model.covar_module, model.train_inputs[0], model.train_targets, model.likelihood.noise.detach(),
                    float(model.mean_module.constant), float(tf.means.squeeze()), float(tf.stdvs.squeeze()))
 
-    def believe(self, x: torch.Tensor) -> "Marginals":
-        """This GP conditioned on (k, d) pending points observed at their posterior mean (the kriging believer,
-        Ginsbourger et al. 2010): no value is invented, but the uncertainty near a pending point collapses, so the
-        next proposal of a batch goes elsewhere."""
+    def believe(self, x: torch.Tensor, lie: str = "mean") -> "Marginals":
+        """This GP conditioned on (k, d) pending points as if they had returned a value: their posterior mean
+        (``lie="mean"``, the kriging believer of Ginsbourger et al. 2010) or the worst value observed so far
+        (``"worst"``, their constant liar CL-min). Either way the uncertainty near a pending point collapses, so the
+        next proposal of a batch goes elsewhere; the worst-value lie also lowers the mean around it, which spreads
+        a batch further."""
         if not x.numel():
             return self
-        mean = (self(x)[0] - self.mu) / self.sd  # standardised
-        return Marginals(self.kernel, torch.cat([self.x, x]), torch.cat([self.y, mean]), self.noise, self.c,
+        if lie == "mean":
+            y = (self(x)[0] - self.mu) / self.sd  # standardised
+        else:
+            y = self.y.min().expand(x.shape[0])
+        return Marginals(self.kernel, torch.cat([self.x, x]), torch.cat([self.y, y]), self.noise, self.c,
                          self.mu, self.sd)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -334,7 +339,7 @@ class MOBOSampler(optuna.samplers.BaseSampler):
     def __init__(self, *, seed: int | None = None, n_startup_trials: int = 8, acquisition: str = "ehvi",
                  fit_cap: int = 256, raw_samples: int = 256, num_restarts: int = 4, max_steps: int = 10,
                  cold_maxiter: int = 200, warm_maxiter: int = 25, threads: int | None = 1, log_costs: bool = True,
-                 believer: bool = True, canonical: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None,
+                 believer: str | None = "worst", canonical: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None,
                  mc_samples: int = 64, baseline_cap: int = 64):
         if acquisition not in ACQUISITIONS:
             raise ValueError(f"acquisition: {acquisition!r} is not one of {', '.join(ACQUISITIONS)}")
@@ -349,7 +354,9 @@ class MOBOSampler(optuna.samplers.BaseSampler):
         self.warm_maxiter = warm_maxiter
         self.threads = threads
         self.log_costs = log_costs
-        self.believer = believer  # condition on pending points at their posterior mean (else only keep out of them)
+        # pending points: conditioned on at the worst observed value ("worst"), at their posterior mean ("mean"),
+        # or only kept out of (None)
+        self.believer = believer
         # (study, params) -> the canonical params of the same plan: the GP then sees one point per plan, and no
         # proposal repeats a plan under other parameters (a layer switch of a module that is off, say)
         self.canonical = canonical
@@ -504,7 +511,7 @@ class MOBOSampler(optuna.samplers.BaseSampler):
         out: Outcomes = fit["out"]
         m = out.y.shape[1]
         marginals = fit["marginals"]
-        pending_marginals = [f.believe(x_pending) for f in marginals] if self.believer else marginals
+        pending_marginals = [f.believe(x_pending, self.believer) for f in marginals] if self.believer else marginals
 
         def predict(x, fs=marginals):  # (N, d) -> mean, std (N, o)
             ms = [f(x) for f in fs]
@@ -522,7 +529,7 @@ class MOBOSampler(optuna.samplers.BaseSampler):
         mean_obs, std_obs = predict(fit["x"])
         feasible = _feasible(out)
         front = mean_obs[feasible, :m]
-        if x_pending.numel() and self.believer:  # pending points as if they returned their posterior mean
+        if x_pending.numel() and self.believer == "mean":  # pending points as if they returned their posterior mean
             mean_p, std_p = predict(x_pending)
             front = torch.cat([front, mean_p[log_feasible(mean_p, std_p) > math.log(0.5), :m]])
         if m == 1:
