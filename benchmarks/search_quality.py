@@ -39,7 +39,8 @@ DEFAULT_DOC = ROOT / "docs" / "benchmarks.md"
 DEFAULT_PLOT = ROOT / "docs" / "search_quality.png"
 DEFAULT_JSON = ROOT / "benchmarks" / "data" / "search_quality.json"
 SECTION = "## Search quality (issue 6)"
-OPTUNA_GP = "optuna-gp"  # Optuna's native GPSampler, next to the samplers make_sampler knows
+OPTUNA_GP = "optuna-gp"  # Optuna's native GPSampler
+SLOW = {"optuna-gp", "optuna-botorch"}  # Optuna's GP samplers: seconds per proposal at 50-100 trials
 CHECKPOINTS = (10, 25, 50, 100)
 N_STARTUP = 8  # autopeft run's --startup-trials default
 MEASURES = ("project", "log-nadir")
@@ -63,14 +64,11 @@ def replay_setup(table_path: str):
     return table, space, fidelity
 
 
-def make_named_sampler(name: str, seed: int):
-    import optuna
-
+def make_named_sampler(name: str, seed: int, space):
+    """The sampler ``autopeft run --sampler name`` would use (``space``: the study's, for samplers that read plans)."""
     from autopeft.optimize.samplers import make_sampler
 
-    if name == OPTUNA_GP:
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=N_STARTUP)
-    return make_sampler(name, seed=seed, n_startup_trials=N_STARTUP)
+    return make_sampler(name, seed=seed, n_startup_trials=N_STARTUP, space=space)
 
 
 # --------------------------------------------------------------------------- hypervolume
@@ -126,7 +124,7 @@ def run_search(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     _, space, fidelity = replay_setup(table_path)
     evaluator = ReplayEvaluator(fidelity)
-    study = optuna.create_study(directions=space.directions, sampler=make_named_sampler(name, seed))
+    study = optuna.create_study(directions=space.directions, sampler=make_named_sampler(name, seed, space))
     study.set_metric_names(space.objectives)
     enqueue_anchors(study, space)
     dists = space.distributions()
@@ -281,13 +279,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table", default=str(DEFAULT_TABLE))
     ap.add_argument("--samplers", default=f"random,tpe,nsga2,{OPTUNA_GP},{DEFAULT_SAMPLER}",
-                    help=f"comma list: names make_sampler knows, and {OPTUNA_GP} (Optuna's GPSampler)")
+                    help="comma list of the names make_sampler knows (autopeft run --sampler)")
     ap.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 per sampler")
     ap.add_argument("--trials", type=int, default=100, help="trials per search")
     ap.add_argument("--slow-trials", type=int, default=None,
-                    help="trials per search for the GP samplers (optuna-gp and the default), if fewer")
+                    help="trials per search for Optuna's GP samplers (optuna-gp, optuna-botorch), if fewer")
     ap.add_argument("--slow-seeds", type=int, default=None,
-                    help="seeds for the GP samplers (optuna-gp and the default), if fewer")
+                    help="seeds for Optuna's GP samplers (optuna-gp, optuna-botorch), if fewer")
     ap.add_argument("--workers", type=int, default=1, help="searches run in parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--doc", default=str(DEFAULT_DOC), help="markdown file to write the section into ('' for none)")
@@ -295,20 +293,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", default=str(DEFAULT_JSON))
     args = ap.parse_args(argv)
     names = [s for s in dict.fromkeys(args.samplers.split(",")) if s]
-    for name in names:
-        make_named_sampler(name, 0)  # unknown names fail here, before any search
     table, space, _ = replay_setup(args.table)
+    for name in names:
+        make_named_sampler(name, 0, space)  # unknown names fail here, before any search
     checkpoints = [k for k in CHECKPOINTS if k <= args.trials]
     meta = {"command": "python benchmarks/search_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": machine(), "date": time.strftime("%Y-%m-%d"), "table": os.path.relpath(args.table, ROOT),
             "plans": len(table.rows), "complete": sum(r.get("state", "COMPLETE") == "COMPLETE" for r in table.rows),
             "table_fidelity": table.fidelity.describe(), "table_code": table.header.get("code_version", "?"),
-            "seeds": f"0-{args.seeds - 1}" + (f" (GP samplers: 0-{args.slow_seeds - 1})" if args.slow_seeds else ""),
+            "seeds": f"0-{args.seeds - 1}"
+            + (f" (optuna-gp, optuna-botorch: 0-{args.slow_seeds - 1})" if args.slow_seeds else ""),
             "space": space.spec.name, "n_params": len(space.choices)}
-    slow = {OPTUNA_GP, DEFAULT_SAMPLER, "botorch"}
-    jobs = [(name, seed, args.table, args.slow_trials if (name in slow and args.slow_trials) else args.trials,
+    jobs = [(name, seed, args.table, args.slow_trials if (name in SLOW and args.slow_trials) else args.trials,
              args.threads) for seed in range(args.seeds) for name in names
-            if not (name in slow and args.slow_seeds is not None and seed >= args.slow_seeds)]
+            if not (name in SLOW and args.slow_seeds is not None and seed >= args.slow_seeds)]
     results = []
     t0 = time.monotonic()
     ctx = mp.get_context("spawn")
