@@ -184,7 +184,8 @@ def markdown(summary: dict, results: list[dict], meta: dict[str, Any], checkpoin
     lines = [SECTION, "",
              f"`{meta['command']}` · {meta['machine']} · {meta['date']} · table `{meta['table']}`: "
              f"{meta['plans']} plans ({meta['complete']} complete), built at {meta['table_fidelity']} by code "
-             f"{meta['table_code']} · seeds {meta['seeds']} · space `{meta['space']}` ({meta['n_params']} parameters).",
+             f"{meta['table_code']} · seeds {meta['seeds']} · space `{meta['space']}` ({meta['n_params']} parameters) · "
+             f"searches run by code {meta['code']}, {meta['wall_s'] / 60:.0f} min wall clock.",
              "",
              "Each search starts as `autopeft run` does (head-only anchor, then the sampler with 8 start-up trials) "
              "and is answered from the table by the replay objective (`--objective replay`): the equal recorded plan, "
@@ -267,6 +268,13 @@ def plot(summary: dict, path: Path, default: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def code_version() -> str:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from build_table import code_version as version
+
+    return version()
+
+
 def machine() -> str:
     load = os.getloadavg()
     return (f"{os.cpu_count()}-core {platform.machine()} CPU ({platform.processor() or 'unknown model'}), "
@@ -303,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
             "table_fidelity": table.fidelity.describe(), "table_code": table.header.get("code_version", "?"),
             "seeds": f"0-{args.seeds - 1}"
             + (f" (optuna-gp, optuna-botorch: 0-{args.slow_seeds - 1})" if args.slow_seeds else ""),
-            "space": space.spec.name, "n_params": len(space.choices)}
+            "space": space.spec.name, "n_params": len(space.choices), "code": code_version()}
     jobs = [(name, seed, args.table, args.slow_trials if (name in SLOW and args.slow_trials) else args.trials,
              args.threads) for seed in range(args.seeds) for name in names
             if not (name in SLOW and args.slow_seeds is not None and seed >= args.slow_seeds)]
