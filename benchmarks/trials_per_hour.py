@@ -1,0 +1,331 @@
+"""Trials per hour at the quickstart proxy budget: autopeft against Optuna + peft + a plain PyTorch loop.
+
+    python benchmarks/trials_per_hour.py [--plans 12] [--repeats 5] [--plan-set peft|space] [--threads 2]
+                                         [--pack 4] [--noise-seeds 1] [--only baseline plain ...]
+                                         [--set steps=5 ...]
+
+The budget is the default :class:`~autopeft.proxy.fidelity.Fidelity` (what ``autopeft run`` trains with: the packaged
+MiniLM on rotten_tomatoes, 120 steps x 16, 2,000 training / 600 validation and test examples, 64 tokens).
+
+**Plans.** ``--plans`` distinct plans sampled (seeded) from ``search_spaces/full.yaml`` with the density sampler of
+``benchmarks/build_table.py``. ``--plan-set peft`` (default) keeps drawing until it has that many that Hugging Face
+peft can express (one method per adapter: LoRA-only, (IA)3-only or uniform prefix plans), so every row trains the
+same plans; the script also counts how many of the first ``--plans`` unconditioned draws peft could express.
+``--plan-set space`` takes the unconditioned draws; the baseline then trains only those peft can express.
+
+**Rows** (one process, each row a fresh set-up, its set-up time counted; the rows of a repeat run in turn):
+
+* *baseline*: the way a careful user writes it today: an Optuna study with the plans enqueued, an objective that
+  builds a ``peft`` model for the trial's plan on a copy of a base model loaded once per process (config from
+  the plan, as ``autopeft export --format peft`` writes it), and a plain PyTorch loop: AdamW with linear warm-up
+  and decay, the same seeded training subset tokenised once, dynamic padding per batch
+  (``DataCollatorWithPadding``), evaluation of the validation and test splits in batches of 64 under ``no_grad``;
+* *autopeft unfused*: :class:`ProxyTrainer` with autopeft's BLAS kernels off (``fused_kernels(False)``);
+* *autopeft plain*: fused kernels, no length buckets, no cache (what studies made before these options train);
+* *+ buckets*: ``length_buckets``; *+ cache*: ``length_buckets`` and ``frozen_cache``;
+* *+ pack*: :class:`autopeft.proxy.pack.PackedTrainer` with ``--pack`` trials at once, on top of buckets
+  (skipped, with the reason printed, when that module is absent).
+
+Each row reports trials per hour (plans over the row's wall time, set-up included), the median over
+``--repeats``; its ratio to the baseline and to the row above; the mean validation score and the largest
+per-plan score difference to *autopeft plain*. ``--noise-seeds K`` adds *autopeft plain* at seeds 1..K: the
+seed-to-seed spread of the same plans, the yardstick for "equal within seeded noise".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_table's sampler
+
+ROWS = ("baseline", "unfused", "plain", "buckets", "cache", "pack")
+LABELS = {"baseline": "baseline: Optuna + peft + plain loop", "unfused": "autopeft, kernels unfused",
+          "plain": "autopeft plain", "buckets": "+ length buckets", "cache": "+ frozen-layer cache",
+          "pack": "+ pack"}
+
+
+# --------------------------------------------------------------------------- plans
+def draw_plans(space, n: int, seed: int, peft_only: bool) -> tuple[list, int]:
+    """``n`` distinct plans (peft-expressible ones when ``peft_only``) and how many of the first ``n``
+    unconditioned draws peft can express."""
+    from build_table import plan_key, sample_params, sampled_plans
+
+    first = [p for _, _, p in sampled_plans(space, n, seed)]
+    expressible = sum(peft_can(p) for p in first)
+    if not peft_only:
+        return first, expressible
+    rng, seen, plans = random.Random(seed), set(), []
+    while len(plans) < n:
+        plan = space.decode(sample_params(space, rng))
+        if peft_can(plan) and plan_key(plan) not in seen:
+            seen.add(plan_key(plan))
+            plans.append(plan)
+    return plans, expressible
+
+
+def peft_can(plan) -> bool:
+    from autopeft.peft.export_peft import peft_inexpressible
+
+    return not plan.is_empty and not peft_inexpressible(plan)  # a head-only plan holds no peft adapter
+
+
+# --------------------------------------------------------------------------- baseline
+class PeftBaseline:
+    """Optuna + peft + a plain PyTorch loop; model and tokenised data loaded once (per process)."""
+
+    def __init__(self, fidelity, space):
+        from transformers import DataCollatorWithPadding
+
+        from autopeft.proxy.models import load_classifier
+        from autopeft.proxy.tasks import load_task
+
+        f = self.fidelity = fidelity
+        self.space = space
+        self.task = load_task(f.task, seed=f.seed)
+        self.base, self.tokenizer = load_classifier(f.model, len(self.task.label_names))
+        train = list(self.task.train)
+        random.Random(f.seed).shuffle(train)  # the same training subset as the proxy trainer's
+        self.train = self._tokenise(train[: f.train_examples])
+        self.eval = self._tokenise(self.task.validation[: f.eval_examples])
+        self.test = self._tokenise(self.task.test[: f.eval_examples])
+        self.collate = DataCollatorWithPadding(self.tokenizer)
+
+    def _tokenise(self, examples) -> list[dict[str, Any]]:
+        pairs = [e.text_pair for e in examples]
+        enc = self.tokenizer([e.text for e in examples], pairs if any(p is not None for p in pairs) else None,
+                             truncation=True, max_length=self.fidelity.max_length)
+        return [{**{k: enc[k][i] for k in enc}, "labels": e.label} for i, e in enumerate(examples)]
+
+    def peft_model(self, plan):
+        """The plan as a peft model: the config ``autopeft export --format peft`` writes, built by peft."""
+        from peft import get_peft_config, get_peft_model
+
+        from autopeft.peft import apply_plan
+        from autopeft.peft.export_peft import peft_adapter
+
+        probe = apply_plan(copy.deepcopy(self.base), plan, seed=0)  # only to read the plan's module names
+        config, _ = peft_adapter(probe, plan)
+        config = get_peft_config({**config, "inference_mode": False})
+        return get_peft_model(copy.deepcopy(self.base), config)
+
+    def train_one(self, plan) -> dict[str, float]:
+        from torch.utils.data import DataLoader
+        from transformers import get_linear_schedule_with_warmup
+
+        from autopeft.proxy.train import score_predictions
+
+        f = self.fidelity
+        torch.manual_seed(f.seed)
+        model = self.peft_model(plan)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=f.learning_rate,
+                                weight_decay=f.weight_decay)
+        warmup = max(1, int(f.warmup_ratio * f.steps))
+        sched = get_linear_schedule_with_warmup(opt, warmup, f.steps)
+        loader = DataLoader(self.train, batch_size=f.batch_size, shuffle=True, collate_fn=self.collate,
+                            generator=torch.Generator().manual_seed(f.seed))
+        model.train()
+        step, losses = 0, []
+        while step < f.steps:
+            for batch in loader:
+                loss = model(**batch).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+                step += 1
+                if step == f.steps:
+                    break
+        scores = []
+        model.eval()
+        for data in (self.eval, self.test):
+            pred = []
+            with torch.no_grad():
+                for batch in DataLoader(data, batch_size=64, collate_fn=self.collate):
+                    batch.pop("labels")
+                    pred += model(**batch).logits.argmax(-1).tolist()
+            scores.append(score_predictions(pred, [d["labels"] for d in data], self.task.metric,
+                                            len(self.task.label_names)))
+        return {"score": scores[0], "test_score": scores[1], "train_loss": statistics.fmean(losses[-12:])}
+
+    def run(self, plans) -> list[dict[str, float]]:
+        """Every plan as an enqueued trial of an Optuna study, as a user drives a search."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        by_number: dict[int, dict[str, float]] = {}
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+        for plan in plans:
+            study.enqueue_trial(self.space.encode(plan))
+
+        def objective(trial: optuna.Trial) -> float:
+            params = {name: trial.suggest_int(name, 0, len(vals) - 1) for name, vals in self.space.choices.items()}
+            result = self.train_one(self.space.decode(params))
+            by_number[trial.number] = result
+            return result["score"]
+
+        study.optimize(objective, n_trials=len(plans))
+        return [by_number[i] for i in range(len(plans))]
+
+
+# --------------------------------------------------------------------------- autopeft rows
+def autopeft_row(fidelity, unfused: bool = False) -> Callable[[list], list[dict[str, float]]]:
+    from autopeft.kernels import fused_kernels
+    from autopeft.proxy.train import ProxyTrainer
+
+    def run(plans):
+        trainer = ProxyTrainer(fidelity)
+        ctx = fused_kernels(False) if unfused else contextlib.nullcontext()
+        with ctx:
+            return [_metrics(trainer.run(plan)) for plan in plans]
+
+    return run
+
+
+def pack_row(fidelity, k: int) -> Callable[[list], list[dict[str, float]]] | str:
+    try:
+        from autopeft.proxy.pack import PackedTrainer
+    except ImportError as exc:
+        return f"autopeft.proxy.pack is not available ({exc})"
+    from autopeft.proxy.train import ProxyTrainer
+
+    def run(plans):
+        packed = PackedTrainer(ProxyTrainer(fidelity), k)
+        results = packed.run_many(plans) if hasattr(packed, "run_many") else packed.run(plans)
+        return [_metrics(r) if not isinstance(r, Exception) else {"score": float("nan")} for r in results]
+
+    return run
+
+
+def _metrics(m) -> dict[str, float]:
+    return {"score": m.score, "test_score": m.test_score, "train_loss": m.train_loss}
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--plans", type=int, default=12)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the plan draw")
+    ap.add_argument("--plan-set", choices=("peft", "space"), default="peft")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pack", type=int, default=4, help="trials per pack in the + pack row")
+    ap.add_argument("--noise-seeds", type=int, default=0, help="also run autopeft plain at fidelity seeds 1..K")
+    ap.add_argument("--only", nargs="+", choices=ROWS, default=list(ROWS))
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                    help="fidelity overrides for a quick smoke run (figures use the quickstart budget)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+
+    from autopeft.proxy.fidelity import Fidelity
+    from autopeft.proxy.models import load_config, model_dims
+    from autopeft.space import SearchSpace, load_space
+    from autopeft.study.runner import quiet_libraries
+
+    quiet_libraries()
+    base = Fidelity.build(dict(kv.split("=", 1) for kv in args.set))
+    space = SearchSpace(load_space(str(ROOT / "search_spaces" / "full.yaml")), model_dims(load_config(base.model)),
+                        source="full")
+    plans, expressible = draw_plans(space, args.plans, args.seed, args.plan_set == "peft")
+    peft_plans = [p for p in plans if peft_can(p)]
+    print(f"{base.describe()} · {len(plans)} plans ({args.plan_set} set, seed {args.seed}); of the first "
+          f"{args.plans} plans drawn from full.yaml, peft can express {expressible}", flush=True)
+    for p in plans:
+        print(f"  {p.summary()}", flush=True)
+
+    rows: dict[str, Callable[[list], list[dict[str, float]]]] = {}
+    skipped: dict[str, str] = {}
+    for name in args.only:
+        if name == "baseline":
+            rows[name] = lambda ps: PeftBaseline(base, space).run([p for p in ps if peft_can(p)])
+        elif name == "unfused":
+            rows[name] = autopeft_row(base, unfused=True)
+        elif name == "plain":
+            rows[name] = autopeft_row(base)
+        elif name == "buckets":
+            rows[name] = autopeft_row(base.model_copy(update={"length_buckets": True}))
+        elif name == "cache":
+            rows[name] = autopeft_row(base.model_copy(update={"length_buckets": True, "frozen_cache": True}))
+        elif name == "pack":
+            row = pack_row(base.model_copy(update={"length_buckets": True}), args.pack)
+            if isinstance(row, str):
+                skipped[name] = row
+                print(f"+ pack row skipped: {row}", flush=True)
+            else:
+                rows[name] = row
+    for s in range(1, args.noise_seeds + 1):
+        rows[f"seed {s}"] = autopeft_row(base.model_copy(update={"seed": s}))
+
+    rates: dict[str, list[float]] = {name: [] for name in rows}
+    scores: dict[str, list[dict[str, float]]] = {}
+    for rep in range(args.repeats):
+        for name, run in rows.items():
+            n = len(peft_plans) if name == "baseline" else len(plans)
+            t0 = time.perf_counter()
+            results = run(plans)
+            wall = time.perf_counter() - t0
+            rates[name].append(3600 * n / wall)
+            scores[name] = results
+            print(f"repeat {rep + 1} {name}: {n} trials in {wall:.0f} s ({3600 * n / wall:.1f} trials/h)", flush=True)
+
+    print(report(args, rows, rates, scores, plans, peft_plans, skipped))
+
+
+def report(args, rows, rates, scores, plans, peft_plans, skipped) -> str:
+    def plan_scores(name: str) -> list[float]:
+        res = scores[name]
+        if name == "baseline":  # only the peft plans: align with the full list
+            it = iter(res)
+            return [next(it)["score"] if peft_can(p) else float("nan") for p in plans]
+        return [r["score"] for r in res]
+
+    ref = plan_scores("plain") if "plain" in scores else None
+    lines = [f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+             f"{torch.__version__}, {args.threads} threads; medians of {args.repeats} repeat(s)\n",
+             "| row | trials | trials/h | x baseline | x row above | mean score | max abs score diff to plain |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    base_rate = statistics.median(rates["baseline"]) if rates.get("baseline") else None
+    prev = None
+    for name in rows:
+        rate = statistics.median(rates[name])
+        sc = [s for s in plan_scores(name) if s == s]
+        diff = "-"
+        if ref is not None and name != "plain":
+            d = [abs(a - b) for a, b in zip(plan_scores(name), ref) if a == a]
+            diff = f"{max(d):.4f}" if d else "-"
+        n = len(peft_plans) if name == "baseline" else len(plans)
+        above = f"{rate / prev:.2f}" if prev and not name.startswith("seed") else "-"
+        lines.append(f"| {LABELS.get(name, 'autopeft plain, ' + name)} | {n} | {rate:.1f} | "
+                     f"{rate / base_rate:.2f} | {above} | {statistics.fmean(sc):.4f} | {diff} |"
+                     if base_rate else f"| {name} | {n} | {rate:.1f} | - | {above} | {statistics.fmean(sc):.4f} | {diff} |")
+        if not name.startswith("seed"):
+            prev = rate
+    for name, why in skipped.items():
+        lines.append(f"| {LABELS[name]} | - | skipped: {why} | | | | |")
+    # Share of the time per trial saved from the baseline to the last row that each step contributes.
+    chain = [n for n in ROWS if n in rows]
+    if len(chain) > 1:
+        secs = {n: 3600 / statistics.median(rates[n]) for n in chain}
+        total = secs[chain[0]] - secs[chain[-1]]
+        parts = [f"{LABELS[b]}: {100 * (secs[a] - secs[b]) / total:.0f} %" for a, b in zip(chain, chain[1:])]
+        lines.append(f"\nshare of the seconds per trial saved from {LABELS[chain[0]]} to {LABELS[chain[-1]]} "
+                     f"({secs[chain[0]]:.1f} -> {secs[chain[-1]]:.1f} s): " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
