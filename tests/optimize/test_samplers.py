@@ -1,0 +1,38 @@
+"""make_sampler's names, and the canonical form of parameters the default sampler works on."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autopeft.errors import StudyError
+from autopeft.optimize.mobo import MOBOSampler
+from autopeft.optimize.samplers import SAMPLERS, SpaceCanonical, make_sampler
+from autopeft.proxy.fidelity import Fidelity
+from autopeft.space import ModelDims, SearchSpace, load_space
+from autopeft.study.storage import open_storage
+from autopeft.study.study import create_or_load
+
+DIMS = ModelDims(num_layers=2, hidden_size=64)
+
+
+def test_every_name_makes_a_sampler_and_botorch_is_autopeft_s_own():
+    for name in SAMPLERS:
+        assert isinstance(make_sampler(name, seed=0), optuna.samplers.BaseSampler)
+    assert isinstance(make_sampler("botorch").main.sampler, MOBOSampler)
+    with pytest.raises(StudyError, match=r"--sampler: unknown sampler 'sobol'; choose one of botorch, "):
+        make_sampler("sobol")
+
+
+def test_parameters_of_one_plan_have_one_canonical_form(tmp_path, study_name):
+    space = SearchSpace(load_space("autopeft"), DIMS)
+    off = {name: 0 for name in space.choices}  # every size 0: the head-only plan, whatever the layer switches
+    other = {**off, "layer.1": 1 - off["layer.1"]}
+    canonical = SpaceCanonical(space)
+    study = optuna.create_study(directions=space.directions)
+    assert canonical(study, off) == canonical(study, other) == space.encode(space.decode(off))
+    assert SpaceCanonical()(study, other) == other  # a plain Optuna study has no space: left as it is
+
+    st, _ = create_or_load(open_storage(f"sqlite:///{tmp_path / 's.db'}"), study_name, load_space("autopeft"), DIMS,
+                           Fidelity(objective="synthetic"))
+    assert SpaceCanonical()(st.study, other) == canonical(study, off)  # read from the study's recorded space
