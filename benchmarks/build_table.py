@@ -12,8 +12,9 @@ The plan set, in order:
 * ``--plans`` plans sampled from the space (``search_spaces/full.yaml``) with ``--seed``
   (:func:`sampled_plans`), decoded through :class:`autopeft.space.SearchSpace` exactly as trials are.
 
-The file's first line is a header (fidelity, space, model shape, code version, plan seed); each further
-line is one plan. A rerun with the same settings skips the plans already in the file, so the build can
+The file's first line is a header (fidelity, space, model shape, parameter names, code version, plan seed);
+each further line is one plan: its Optuna parameters (choice indices, in the header's ``param_names`` order;
+the plan itself where the space cannot express it), summary and metrics. A rerun with the same settings skips the plans already in the file, so the build can
 be stopped at any time and continued later, also on another machine:
 
     nice -n 19 python benchmarks/build_table.py --plans 400 --workers 1
@@ -123,9 +124,10 @@ def code_version() -> str:
     return "autopeft " + version("autopeft")
 
 
-def make_header(fidelity, spec_yaml: str, dims, seed: int) -> dict[str, Any]:
+def make_header(fidelity, spec_yaml: str, dims, seed: int, param_names: list[str]) -> dict[str, Any]:
     return {
         "kind": "header", "format": FORMAT_VERSION, "fidelity": fidelity.model_dump(), "space_yaml": spec_yaml,
+        "param_names": param_names,
         "dims": {"num_layers": dims.num_layers, "hidden_size": dims.hidden_size, "sites": list(dims.sites)},
         "plan_seed": seed, "code_version": code_version(), "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": "python benchmarks/build_table.py " + " ".join(sys.argv[1:]),
@@ -174,13 +176,15 @@ def _init_worker(fidelity_dict: dict[str, Any], threads: int, version: str) -> N
     _VERSION = version
 
 
-def _train(job: tuple[str, str, dict[str, int] | None, dict[str, Any]]) -> dict[str, Any]:
+def _train(job: tuple[str, str, list[int] | None, dict[str, Any]]) -> dict[str, Any]:
     from autopeft.plan import PeftPlan
 
     plan_id, name, params, plan_dict = job
     plan = PeftPlan.from_dict(plan_dict)
-    row: dict[str, Any] = {"id": plan_id, "name": name, "params": params, "plan": plan_dict,
-                           "summary": plan.summary()}
+    # The plan is stored only where the parameters cannot give it (a baseline outside the space): the
+    # parameters, in the header's param_names order, decode to it, and a row stays a few hundred bytes.
+    row: dict[str, Any] = {"id": plan_id, "name": name, "params": params,
+                           **({"plan": plan_dict} if params is None else {}), "summary": plan.summary()}
     try:
         m = _TRAINER.run(plan).to_dict()
         row.update(state="COMPLETE", **{k: m[k] for k in (
@@ -192,17 +196,20 @@ def _train(job: tuple[str, str, dict[str, int] | None, dict[str, Any]]) -> dict[
     return row
 
 
-def jobs(space, n: int, seed: int) -> list[tuple[str, str, dict[str, int] | None, dict[str, Any]]]:
+def jobs(space, n: int, seed: int) -> list[tuple[str, str, list[int] | None, dict[str, Any]]]:
+    """(id, name, parameters as a list in ``space.choices`` order or None, plan dict) of every plan, in order."""
     from autopeft.errors import SpaceError
 
     out = []
     for name, plan in baseline_plans(space.dims.num_layers).items():
         try:
-            params = space.encode(plan)
+            encoded = space.encode(plan)
+            params = [encoded[k] for k in space.choices]
         except SpaceError:
             params = None  # not expressible in the space (e.g. 6 experts): recorded, never replayed by params
         out.append(("baseline:" + name, name, params, plan.to_dict()))
-    out += [(pid, "", params, plan.to_dict()) for pid, params, plan in sampled_plans(space, n, seed)]
+    out += [(pid, "", [params[k] for k in space.choices], plan.to_dict())
+            for pid, params, plan in sampled_plans(space, n, seed)]
     return out
 
 
@@ -268,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     space = SearchSpace(spec, dims, source=args.space)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    header = make_header(fidelity, canonical_yaml(spec), dims, args.seed)
+    header = make_header(fidelity, canonical_yaml(spec), dims, args.seed, list(space.choices))
     done = read_existing(out, header)
     todo = [j for j in jobs(space, args.plans, args.seed) if j[0] not in done]
     print(f"{out}: {len(done)} plans recorded, {len(todo)} to train ({fidelity.describe()})", flush=True)

@@ -1,7 +1,8 @@
 """The replay objective: answer a trial from a table of plans trained earlier (``--objective replay --table F``).
 
 A table (``benchmarks/build_table.py`` writes them, JSON lines) holds a header with the fidelity it was trained
-at and one line per plan: the plan, its Optuna parameters and its recorded metrics. Replaying a trial takes
+at (and the space its parameters belong to) and one line per plan: its Optuna parameters or the plan itself,
+and its recorded metrics. Replaying a trial takes
 milliseconds instead of a training run, so a whole search over real scores runs in seconds: sampler
 comparisons (``benchmarks/search_quality.py``) and dry runs use it. The table path is part of the fidelity,
 so replayed trials never mix with trained ones.
@@ -17,6 +18,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -93,11 +95,33 @@ class ReplayTable:
         self.header = dict(header)
         self.source = source
         self.rows = rows
-        self.plans = [PeftPlan.from_dict(r["plan"]) for r in rows]
+        self.plans = [self._plan(r) for r in rows]
         self._slots = [slots(p) for p in self.plans]
         self._by_key = {}
         for i, p in enumerate(self.plans):
             self._by_key.setdefault(plan_key(p), i)  # a plan recorded twice: the first record answers
+
+    def _plan(self, row: Mapping[str, Any]) -> PeftPlan:
+        """A row's plan: stored, or decoded from its parameters through the header's space (a list of choice
+        indices in ``param_names`` order, or a mapping of name to index)."""
+        if row.get("plan") is not None:
+            return PeftPlan.from_dict(row["plan"])
+        params = row["params"]
+        if not isinstance(params, Mapping):
+            params = dict(zip(self.header["param_names"], params))
+        return self.space.decode(params)
+
+    @cached_property
+    def space(self):
+        """The space the table's parameters belong to (from the header)."""
+        from autopeft.space import ModelDims, SearchSpace, parse_space
+
+        if "space_yaml" not in self.header or "dims" not in self.header:
+            raise StudyError(f"--table: {self.source!r} has rows with parameters only and no space in its header; "
+                             "rebuild it with benchmarks/build_table.py")
+        spec = parse_space(self.header["space_yaml"], source=f"table {self.source}")
+        d = self.header["dims"]
+        return SearchSpace(spec, ModelDims(d["num_layers"], d["hidden_size"], tuple(d["sites"])), source=spec.name)
 
     @classmethod
     def load(cls, path: str | Path) -> "ReplayTable":

@@ -31,8 +31,8 @@ def test_the_plan_set_is_seeded_distinct_and_prefix_stable(space):
     assert [j[3] for j in build_table.jobs(space, 5, seed=0)] == [j[3] for j in few]
     sampled = more[7:]
     assert len(sampled) == 12 and len({plan_key(PeftPlan.from_dict(j[3])) for j in sampled}) == 12
-    for _, _, params, plan in sampled:  # the stored parameters decode to the stored plan, as a trial's would
-        assert space.decode(params).to_dict() == plan
+    for _, _, params, plan in sampled:  # the stored parameters decode to the plan, as a trial's would
+        assert space.decode(dict(zip(space.choices, params))).to_dict() == plan
 
 
 def test_the_baselines_are_in_the_space_where_it_can_express_them(space):
@@ -43,7 +43,7 @@ def test_the_baselines_are_in_the_space_where_it_can_express_them(space):
     by_name = {j[1]: j[2] for j in build_table.jobs(space, 0, seed=0)}
     assert by_name["MoLA 2-4-6-8 r=8 q,v"] is None  # 6 experts is not a choice of full.yaml
     assert all(params is not None for name, params in by_name.items() if not name.startswith("MoLA"))
-    assert space.decode(by_name["LoRA r=8 q,v"]) == baselines["LoRA r=8 q,v"]
+    assert space.decode(dict(zip(space.choices, by_name["LoRA r=8 q,v"]))) == baselines["LoRA r=8 q,v"]
 
 
 class FakeTrainer:
@@ -60,7 +60,7 @@ class FakeTrainer:
 
 def test_a_written_table_resumes_and_replays(space, tmp_path, monkeypatch):
     out = tmp_path / "table.jsonl"
-    header = build_table.make_header(Fidelity(), canonical_yaml(space.spec), DIMS, seed=0)
+    header = build_table.make_header(Fidelity(), canonical_yaml(space.spec), DIMS, 0, list(space.choices))
     out.write_text(json.dumps(header) + "\n")
     monkeypatch.setattr(build_table, "_TRAINER", FakeTrainer())
     todo = build_table.jobs(space, 3, seed=0)
@@ -71,15 +71,19 @@ def test_a_written_table_resumes_and_replays(space, tmp_path, monkeypatch):
     assert done == {j[0] for j in todo[:5]}
     rows = [json.loads(line) for line in out.read_text().splitlines()[1:]]
     assert [r["state"] for r in rows] == ["COMPLETE"] * 4 + ["FAIL"]  # the fifth baseline is prefix 16
+    assert all("plan" not in r for r in rows)  # parameters only: the space in the header decodes them
     ev = ReplayEvaluator(Fidelity(objective="replay", table=str(out)))
-    assert ev.run(PeftPlan.from_dict(rows[1]["plan"])).score == rows[1]["score"] and ev.last_match.exact
+    plans = {j[0]: PeftPlan.from_dict(j[3]) for j in todo}
+    assert ev.run(plans[rows[1]["id"]]).score == rows[1]["score"] and ev.last_match.exact
     with pytest.raises(TrialFailed, match="nan"):
-        ev.run(PeftPlan.from_dict(rows[4]["plan"]))
+        ev.run(plans[rows[4]["id"]])
+    mola = build_table._train(todo[6])  # outside the space: the row keeps its plan
+    assert mola["params"] is None and PeftPlan.from_dict(mola["plan"]) == plans[todo[6][0]]
 
 
 def test_a_table_of_another_fidelity_or_seed_is_not_continued(space, tmp_path):
     out = tmp_path / "table.jsonl"
-    header = build_table.make_header(Fidelity(), canonical_yaml(space.spec), DIMS, seed=0)
+    header = build_table.make_header(Fidelity(), canonical_yaml(space.spec), DIMS, 0, list(space.choices))
     out.write_text(json.dumps(header) + "\n")
     with pytest.raises(SystemExit, match="plan_seed"):
         build_table.read_existing(out, {**header, "plan_seed": 1})
