@@ -26,6 +26,7 @@ StorageOpt = typer.Option(None, "--storage", help="SQLAlchemy URL or SQLite file
 StepsOpt = typer.Option(None, "--steps", help="Optimizer steps per trial (quickstart: 120).")
 BatchSizeOpt = typer.Option(None, "--batch-size", help="Examples per step (quickstart: 16).")
 TrainExamplesOpt = typer.Option(None, "--train-examples", help="Training examples drawn (quickstart: 2000).")
+PackOpt = typer.Option(1, "--pack", min=1, help="Trials trained together on one shared frozen base model (one batched forward per step).")
 EvalExamplesOpt = typer.Option(None, "--eval-examples", help="Validation/test examples scored (quickstart: 600).")
 MaxLengthOpt = typer.Option(None, "--max-length", help="Max tokens per example (quickstart: 64).")
 LearningRateOpt = typer.Option(None, "--learning-rate", help="Peak learning rate (quickstart: 1e-3).")
@@ -114,10 +115,12 @@ def run(
     trial_seconds: Optional[float] = typer.Option(None, "--trial-seconds", help="Synthetic objective: seconds each trial takes [0]."),
     startup_trials: int = typer.Option(8, "--startup-trials", min=1, help="Quasi-random trials before the GP proposes."),
     device: str = typer.Option("cpu", "--device", help="Torch device for training, e.g. cpu or cuda:0."),
+    pack: int = PackOpt,
 ) -> None:
     """Run (or resume) a search and print its Pareto front. With no options: the quickstart."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from autopeft.proxy.pack import check_pack
     from autopeft.study.runner import prepare_study, run_study
     from autopeft.study.storage import redact
 
@@ -132,6 +135,7 @@ def run(
 
             check_options(fid, device)  # before any worker starts: e.g. fp16 on a CPU
         st, created = prepare_study(space, fid, storage=storage, study_name=study, sampler=sampler)
+        check_pack(pack, st.objectives)
     except AutopeftError as exc:
         _fail(exc)
     verb = "created" if created else "resuming"
@@ -151,7 +155,7 @@ def run(
 
         try:
             run_study(st, n_trials=trials, workers=workers, sampler=sampler, device=device,
-                      n_startup_trials=startup_trials, on_progress=on_progress)
+                      n_startup_trials=startup_trials, on_progress=on_progress, pack=pack)
         except KeyboardInterrupt:
             err_console.print("interrupted: running trials were handed back; run the same command to resume")
             raise typer.Exit(130)
@@ -191,10 +195,11 @@ def worker(
     grace_period: int = GraceOpt,
     max_retry: int = MaxRetryOpt,
     outage_deadline: float = OutageOpt,
+    pack: int = PackOpt,
 ) -> None:
-    """Claim and train trials of an existing study, one at a time, until told to stop.
+    """Claim and train trials of an existing study until told to stop: one at a time, or --pack K together.
 
-    SIGTERM or Ctrl-C hands the running trial back to the queue and exits 0.
+    SIGTERM or Ctrl-C hands the running trials back to the queue and exits 0.
     """
     from autopeft.study.runner import WorkerSpec, worker_main
     from autopeft.study.storage import storage_url
@@ -210,7 +215,7 @@ def worker(
                                        max_trials=max_trials, device=device, threads=threads,
                                        idle_timeout=idle_timeout, heartbeat_interval=heartbeat_interval,
                                        grace_period=grace_period, max_retry=max_retry,
-                                       outage_deadline=outage_deadline))
+                                       outage_deadline=outage_deadline, pack=pack))
     except AutopeftError as exc:
         _fail(exc)
     console.print(f"worker finished: {stats.completed} complete, {stats.failed} failed; {stats.exit_reason}",

@@ -34,6 +34,7 @@ class WorkerPresence:
     trial_number: int | None
     last_seen: datetime  # UTC
     started: datetime  # UTC
+    pack: int = 1  # trials a worker trains at once (its --pack)
 
     def age(self, now: float | None = None) -> float:
         """Seconds since the process last reported."""
@@ -49,7 +50,7 @@ class Presence:
     ``min_interval`` seconds unless the state changed."""
 
     def __init__(self, study: AutopeftStudy, role: str, device: str = "cpu", worker_id: str | None = None,
-                 min_interval: float | None = None):
+                 min_interval: float | None = None, pack: int = 1):
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         self.storage = study.storage
@@ -57,6 +58,7 @@ class Presence:
         self.role = role
         self.worker_id = worker_id or new_id()
         self.device = device
+        self.pack = pack
         self.started = time.time()
         interval = self.storage.get_heartbeat_interval() or 10
         self.min_interval = interval if min_interval is None else min_interval
@@ -75,7 +77,7 @@ class Presence:
             return
         self.storage.set_study_system_attr(self.study_id, self.key, {
             "host": socket.gethostname(), "pid": os.getpid(), "device": self.device, "state": state,
-            "trial": trial_number, "last_seen": now, "started": self.started,
+            "trial": trial_number, "last_seen": now, "started": self.started, "pack": self.pack,
         })
         self._last = (state, trial_number, now)
 
@@ -98,6 +100,7 @@ def all_presences(study: AutopeftStudy) -> list[WorkerPresence]:
             role=role, worker_id=worker_id, host=value.get("host", "?"), pid=int(value.get("pid", 0)),
             device=value.get("device", "?"), state=value.get("state", "?"), trial_number=value.get("trial"),
             last_seen=_utc(value.get("last_seen", 0.0)), started=_utc(value.get("started", 0.0)),
+            pack=int(value.get("pack", 1)),
         ))
     return sorted(out, key=lambda p: p.last_seen, reverse=True)
 

@@ -27,10 +27,11 @@ class ProposerStats:
 
 
 def queue_target(study: AutopeftStudy, queue_depth: int | None) -> int:
-    """WAITING trials to keep queued: ``queue_depth``, or one per live worker plus one."""
+    """WAITING trials to keep queued: ``queue_depth``, or one per trial the live workers train at once
+    (a ``--pack K`` worker counts K) plus one."""
     if queue_depth is not None:
         return queue_depth
-    return len(live_workers(study)) + 1
+    return sum(w.pack for w in live_workers(study)) + 1
 
 
 def batch_size(study: AutopeftStudy, *, queue_depth: int | None, n_trials: int | None, max_batch: int,

@@ -36,6 +36,7 @@ class WorkerSpec:
     grace_period: int = GRACE_PERIOD
     max_retry: int = MAX_RETRY
     outage_deadline: float = DEFAULT_OUTAGE_DEADLINE
+    pack: int = 1  # trials trained together (--pack)
 
 
 def prepare_study(
@@ -97,7 +98,9 @@ def worker_main(spec: WorkerSpec, evaluator_factory: Callable | None = None):
     import torch
 
     from autopeft.optimize.samplers import make_sampler
+    from autopeft.proxy.pack import PackedTrainer, check_pack
     from autopeft.proxy.synthetic import make_evaluator
+    from autopeft.proxy.train import ProxyTrainer
     from autopeft.study.presence import Presence
     from autopeft.study.worker import WorkerStats, run_worker
 
@@ -109,13 +112,17 @@ def worker_main(spec: WorkerSpec, evaluator_factory: Callable | None = None):
     storage = open_storage(spec.storage, heartbeat_interval=spec.heartbeat_interval,
                            grace_period=spec.grace_period, max_retry=spec.max_retry)
     study = load(storage, spec.study, sampler=sampler)
+    check_pack(spec.pack, study.objectives)
     evaluator = evaluator_factory(study) if evaluator_factory else make_evaluator(study.fidelity, spec.device)
-    presence = Presence(study, "worker", device=spec.device)
+    if spec.pack > 1 and isinstance(evaluator, ProxyTrainer):
+        evaluator = PackedTrainer(evaluator, spec.pack)
+    presence = Presence(study, "worker", device=spec.device, pack=spec.pack)
     stats = WorkerStats()
     try:
         presence.report("idle", force=True)
         stats = run_worker(study, evaluator, n_trials=spec.n_trials, max_trials=spec.max_trials,
-                           idle_timeout=spec.idle_timeout, presence=presence, deadline=spec.outage_deadline)
+                           idle_timeout=spec.idle_timeout, presence=presence, deadline=spec.outage_deadline,
+                           pack=spec.pack)
     except KeyboardInterrupt:
         stats.exit_reason = "stopped by signal; the running trial was handed back"
     finally:
@@ -140,6 +147,7 @@ def run_study(
     n_startup_trials: int = 8,
     on_progress: Callable[[int, int, int], None] | None = None,
     poll_seconds: float = 1.0,
+    pack: int = 1,
 ) -> None:
     """Run worker processes until the study holds ``n_trials`` COMPLETE trials (resuming counts old ones).
 
@@ -156,6 +164,7 @@ def run_study(
         device=device,
         threads=threads,
         n_startup_trials=n_startup_trials,
+        pack=pack,
     )
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_process_entry, args=(spec,), daemon=False) for _ in range(workers)]

@@ -26,7 +26,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import optuna
 import torch
@@ -55,6 +55,12 @@ class Evaluator(Protocol):
     def run(self, plan: PeftPlan) -> TrialMetrics: ...
 
 
+class PackEvaluator(Evaluator, Protocol):
+    """Trains several plans together (the worker's ``--pack``): one result or exception per plan, in order."""
+
+    def run_many(self, plans: Sequence[PeftPlan]) -> Sequence[TrialMetrics | BaseException]: ...
+
+
 @dataclass
 class WorkerStats:
     completed: int = 0
@@ -66,11 +72,12 @@ class WorkerStats:
 
 
 class _Heartbeat:
-    """Records a heartbeat for one trial (and the worker's presence) every ``interval`` seconds."""
+    """Records a heartbeat for some trials (and the worker's presence) every ``interval`` seconds."""
 
-    def __init__(self, study: AutopeftStudy, trial_id: int, presence: Presence | None = None, number: int | None = None):
+    def __init__(self, study: AutopeftStudy, trial_ids: Sequence[int], presence: Presence | None = None,
+                 number: int | None = None):
         self.storage = study.storage
-        self.trial_id = trial_id
+        self.trial_ids = list(trial_ids)
         self.presence = presence
         self.number = number
         self.interval = self.storage.get_heartbeat_interval() or 0
@@ -80,7 +87,8 @@ class _Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.storage.record_heartbeat(self.trial_id)
+                for trial_id in self.trial_ids:
+                    self.storage.record_heartbeat(trial_id)
                 if self.presence is not None:
                     self.presence.report("running", self.number)
             except Exception:  # the database may be restarting: the next beat tries again
@@ -287,6 +295,55 @@ def _finish(study: AutopeftStudy, what: str, trial: optuna.Trial, write: Callabl
     with_retries(attempt, f"the {what} of trial {trial.number}", deadline=deadline)
 
 
+def _describe(study: AutopeftStudy, trial: optuna.Trial, presence: Presence | None, deadline: float) -> PeftPlan:
+    """Decode the trial's plan and store plan, fidelity and worker on it (a bad plan raises, failing the trial)."""
+    params = {name: int(trial.params[name]) for name in study.space.choices}
+    plan = study.space.decode(params)
+
+    def describe() -> None:
+        trial.set_user_attr("plan", plan.to_dict())
+        trial.set_user_attr("plan_summary", plan.summary())
+        trial.set_user_attr("fidelity", study.fidelity.model_dump())
+        if presence is not None:
+            trial.set_user_attr("worker", presence.worker_id)
+
+    with_retries(describe, f"describing trial {trial.number}", deadline=deadline)
+    return plan
+
+
+def _hand_back(study: AutopeftStudy, trial: optuna.Trial, deadline: float) -> None:
+    """Fail this attempt and queue the same parameters again, not counted as a retry (nothing is wrong
+    with the trial: the worker is stopping)."""
+
+    def hand_back() -> None:
+        trial.set_user_attr(FAIL_REASON, HANDED_BACK)
+        done = study.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        if done.user_attrs.get(FAIL_REASON) == HANDED_BACK:  # not failed as stale (and re-queued) meanwhile
+            requeue(study, trial._trial_id, count=False)
+
+    _finish(study, "hand-back", trial, hand_back, deadline)
+
+
+def _report(study: AutopeftStudy, trial: optuna.Trial, outcome: TrialMetrics | BaseException, tb: str,
+            deadline: float) -> FrozenTrial:
+    """Store the result (metrics, or the error that failed the trial) and return the finished trial."""
+    if isinstance(outcome, BaseException):
+        reason = f"{type(outcome).__name__}: {outcome}"
+
+        def fail() -> None:
+            trial.set_user_attr(FAIL_REASON, reason[:2000])
+            trial.set_user_attr("traceback", tb[-4000:])
+            study.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+        _finish(study, "failure", trial, fail, deadline)
+    else:
+        from autopeft.artifacts import save_trial_artifact  # trained weights as the trial's artifact; never raises
+
+        save_trial_artifact(study, trial, outcome)
+        _finish(study, "result", trial, lambda: record_result(study, trial, outcome), deadline)
+    return with_retries(lambda: study.storage.get_trial(trial._trial_id), "reading a trial", deadline=deadline)
+
+
 def run_one(study: AutopeftStudy, evaluator: Evaluator, trial: optuna.Trial | None = None, *,
             presence: Presence | None = None, deadline: float = DEFAULT_OUTAGE_DEADLINE) -> FrozenTrial:
     """Train one trial (claimed here when not given) and report it. Returns the finished trial."""
@@ -295,47 +352,50 @@ def run_one(study: AutopeftStudy, evaluator: Evaluator, trial: optuna.Trial | No
     number = trial.number
     if presence is not None:  # written when the state changes, else at most once per heartbeat interval
         with_retries(lambda: presence.report("running", number), "reporting presence", deadline=deadline)
-    params = {name: int(trial.params[name]) for name in study.space.choices}
     try:
-        plan = study.space.decode(params)
-
-        def describe() -> None:
-            trial.set_user_attr("plan", plan.to_dict())
-            trial.set_user_attr("plan_summary", plan.summary())
-            trial.set_user_attr("fidelity", study.fidelity.model_dump())
-            if presence is not None:
-                trial.set_user_attr("worker", presence.worker_id)
-
-        with_retries(describe, f"describing trial {number}", deadline=deadline)
-        with _Heartbeat(study, trial._trial_id, presence, number):
-            metrics = evaluator.run(plan)
+        plan = _describe(study, trial, presence, deadline)
+        with _Heartbeat(study, [trial._trial_id], presence, number):
+            outcome: TrialMetrics | BaseException = evaluator.run(plan)
+        tb = ""
     except KeyboardInterrupt:
-        # Hand the trial back: fail this attempt and queue the same parameters again, not counted
-        # as a retry (nothing is wrong with the trial).
-        def hand_back() -> None:
-            trial.set_user_attr(FAIL_REASON, HANDED_BACK)
-            done = study.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            if done.user_attrs.get(FAIL_REASON) == HANDED_BACK:  # not failed as stale (and re-queued) meanwhile
-                requeue(study, trial._trial_id, count=False)
-
-        _finish(study, "hand-back", trial, hand_back, deadline)
+        _hand_back(study, trial, deadline)
         raise
     except Exception as exc:  # any training error fails this trial only; the worker goes on
-        reason = f"{type(exc).__name__}: {exc}"
-        tb = traceback.format_exc()[-4000:]
+        outcome, tb = exc, traceback.format_exc()
+    return _report(study, trial, outcome, tb, deadline)
 
-        def fail() -> None:
-            trial.set_user_attr(FAIL_REASON, reason[:2000])
-            trial.set_user_attr("traceback", tb)
-            study.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
-        _finish(study, "failure", trial, fail, deadline)
-        return with_retries(lambda: study.storage.get_trial(trial._trial_id), "reading a trial", deadline=deadline)
-    from autopeft.artifacts import save_trial_artifact  # trained weights as the trial's artifact; never raises
-
-    save_trial_artifact(study, trial, metrics)
-    _finish(study, "result", trial, lambda: record_result(study, trial, metrics), deadline)
-    return with_retries(lambda: study.storage.get_trial(trial._trial_id), "reading a trial", deadline=deadline)
+def run_pack(study: AutopeftStudy, evaluator: PackEvaluator, trials: Sequence[optuna.Trial], *,
+             presence: Presence | None = None, deadline: float = DEFAULT_OUTAGE_DEADLINE) -> list[FrozenTrial]:
+    """Train several claimed trials together (``evaluator.run_many``) and report each. A trial whose plan
+    cannot be decoded or whose training fails is failed alone; Ctrl-C or SIGTERM hands them all back."""
+    if presence is not None:
+        with_retries(lambda: presence.report("running", trials[0].number), "reporting presence", deadline=deadline)
+    finished: dict[int, FrozenTrial] = {}
+    plans: dict[int, PeftPlan] = {}
+    for trial in trials:
+        try:
+            plans[trial.number] = _describe(study, trial, presence, deadline)
+        except Exception as exc:
+            finished[trial.number] = _report(study, trial, exc, traceback.format_exc(), deadline)
+    todo = [t for t in trials if t.number in plans]
+    if len(todo) > 1:
+        numbers = [t.number for t in todo]
+        for trial in todo:
+            with_retries(lambda: trial.set_user_attr("packed_with", numbers), "describing a pack", deadline=deadline)
+    tb = ""
+    try:
+        with _Heartbeat(study, [t._trial_id for t in todo], presence, trials[0].number):
+            outcomes: list[TrialMetrics | BaseException] = list(evaluator.run_many([plans[t.number] for t in todo]))
+    except KeyboardInterrupt:
+        for trial in todo:
+            _hand_back(study, trial, deadline)
+        raise
+    except Exception as exc:  # the pack as a whole failed (e.g. out of memory): each of its trials fails with it
+        outcomes, tb = [exc] * len(todo), traceback.format_exc()
+    for trial, outcome in zip(todo, outcomes):
+        finished[trial.number] = _report(study, trial, outcome, tb, deadline)
+    return [finished[t.number] for t in trials]
 
 
 def run_worker(
@@ -351,6 +411,7 @@ def run_worker(
     presence: Presence | None = None,
     self_propose: bool | None = None,
     deadline: float = DEFAULT_OUTAGE_DEADLINE,
+    pack: int = 1,
 ) -> WorkerStats:
     """Run trials until the study holds ``n_trials`` COMPLETE trials, this worker ran ``max_trials``,
     or it waited ``idle_timeout`` seconds without finding a trial.
@@ -359,7 +420,12 @@ def run_worker(
     not while a proposer serves the study (the worker waits for its proposals), else yes.
     When the trials other workers are running would complete the study, the worker waits for them
     rather than exiting: if one of them dies, its re-queued copy is picked up here.
+
+    ``pack``: claim up to this many trials at a time and train them together (``evaluator.run_many``,
+    see :mod:`autopeft.proxy.pack`); a pack starts with the trials at hand rather than waiting to be full.
     """
+    if pack > 1 and not hasattr(evaluator, "run_many"):
+        raise AutopeftError(f"--pack: this objective trains one trial at a time (got --pack {pack}); use --pack 1")
     stats = WorkerStats()
     loop_start = time.monotonic()
     streak = 0  # consecutive failures: a setting that fails every trial must not spin forever
@@ -408,17 +474,30 @@ def run_worker(
         if idle_since is not None:
             stats.idle_seconds += started - idle_since
         idle_since = None
-        finished = run_one(study, evaluator, trial, presence=presence, deadline=deadline)
-        stats.trial_numbers.append(finished.number)
-        if finished.state == TrialState.COMPLETE:
-            stats.completed += 1
-            streak = 0
+        trials = [trial]
+        while len(trials) < pack and (max_trials is None or stats.completed + stats.failed + len(trials) < max_trials):
+            more = n_trials is None or with_retries(
+                lambda: study.count(TrialState.COMPLETE) + study.count(TrialState.RUNNING), "checking the queue",
+                deadline=deadline) < n_trials  # the trials running (this pack's included) would not finish the study
+            extra = claim(study, sample_if_empty=sample, deadline=deadline) if more else None
+            if extra is None:
+                break
+            trials.append(extra)
+        if len(trials) == 1:
+            done = [run_one(study, evaluator, trial, presence=presence, deadline=deadline)]
         else:
-            stats.failed += 1
-            streak += 1
-            last_reason = finished.user_attrs.get(FAIL_REASON)
-        if on_trial_end is not None:
-            on_trial_end(finished)
+            done = run_pack(study, evaluator, trials, presence=presence, deadline=deadline)  # type: ignore[arg-type]
+        for finished in done:
+            stats.trial_numbers.append(finished.number)
+            if finished.state == TrialState.COMPLETE:
+                stats.completed += 1
+                streak = 0
+            else:
+                stats.failed += 1
+                streak += 1
+                last_reason = finished.user_attrs.get(FAIL_REASON)
+            if on_trial_end is not None:
+                on_trial_end(finished)
     if idle_since is not None:
         stats.idle_seconds += time.monotonic() - idle_since
     stats.wall_seconds = time.monotonic() - loop_start

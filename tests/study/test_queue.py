@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from autopeft.errors import StudyError
+from autopeft.errors import AutopeftError, StudyError
 from autopeft.optimize.samplers import make_sampler
 from autopeft.proxy.fidelity import Fidelity
 from autopeft.space import ModelDims, load_space
@@ -132,8 +132,12 @@ def test_presence_live_and_stopped(storage_url, study_name):
     b.report("stopped", force=True)
     assert [p.worker_id for p in live_workers(st)] == [a.worker_id]
     assert queue_target(st, None) == 2 and queue_target(st, 5) == 5
+    packing = Presence(st, "worker", pack=4)
+    packing.report("idle")
+    assert queue_target(st, None) == 6  # a --pack 4 worker takes four trials at a time
+    packing.report("stopped", force=True)
     time.sleep(2.2)
-    assert live_workers(st) == [] and len(all_presences(st)) == 3  # silent past the grace period
+    assert live_workers(st) == [] and len(all_presences(st)) == 4  # silent past the grace period
 
 
 def test_proposer_fills_to_depth_and_never_past_the_total(storage_url, study_name):
@@ -197,3 +201,58 @@ def test_status_counts_and_throughput(tmp_path, study_name):
 def test_unknown_study_name_is_a_clear_error(tmp_path):
     with pytest.raises(StudyError, match="no study named"):
         load(open_storage(f"sqlite:///{tmp_path / 'none.db'}"), "missing")
+
+
+class PackingEvaluator(ArithmeticEvaluator):
+    """Records the packs it was given; ``interrupt`` stops in the middle of a pack like SIGTERM does."""
+
+    def __init__(self, interrupt=False):
+        super().__init__()
+        self.packs: list[int] = []
+        self.interrupt = interrupt
+
+    def run_many(self, plans):
+        self.packs.append(len(plans))
+        if self.interrupt:
+            raise KeyboardInterrupt
+        return [self.run(p) for p in plans]
+
+
+def test_a_pack_worker_claims_several_trials_and_reports_each(storage_url, study_name):
+    st = make(storage_url, study_name)
+    propose(st, 6)  # with the anchor: 7 queued
+    ev = PackingEvaluator()
+    stats = run_worker(st, ev, n_trials=7, pack=3, self_propose=False)
+    assert ev.packs == [3, 3] and stats.completed == 7  # the seventh ran alone: a pack starts with what is queued
+    done = st.trials((TrialState.COMPLETE,))
+    assert len(done) == 7 and st.count(TrialState.WAITING) == 0
+    packed = [t for t in done if "packed_with" in t.user_attrs]
+    assert len(packed) == 6
+    assert sorted(t.user_attrs["packed_with"] for t in packed)[0] == [0, 1, 2]
+    assert all(t.number in t.user_attrs["packed_with"] for t in packed)
+
+
+def test_a_pack_never_claims_past_the_study_total(tmp_path, study_name):
+    st = make(f"sqlite:///{tmp_path / 's.db'}", study_name)
+    propose(st, 5)
+    ev = PackingEvaluator()
+    run_worker(st, ev, n_trials=2, pack=4, self_propose=False)
+    assert ev.packs == [2] and st.count(TrialState.COMPLETE) == 2 and st.count(TrialState.WAITING) == 4
+
+
+def test_interrupting_a_pack_hands_every_trial_back(tmp_path, study_name):
+    st = make(f"sqlite:///{tmp_path / 's.db'}", study_name, max_retry=0)
+    propose(st, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(st, PackingEvaluator(interrupt=True), pack=3, self_propose=False)
+    failed = st.trials((TrialState.FAIL,))
+    assert len(failed) == 3 and all("handed back" in t.user_attrs[FAIL_REASON] for t in failed)
+    copies = st.trials((TrialState.WAITING,))
+    assert sorted(t.system_attrs["failed_trial"] for t in copies) == [t.number for t in failed]
+
+
+def test_pack_needs_an_evaluator_that_trains_several_plans(tmp_path, study_name):
+    st = make(f"sqlite:///{tmp_path / 's.db'}", study_name)
+    with pytest.raises(AutopeftError, match="--pack: this objective trains one trial at a time"):
+        run_worker(st, ArithmeticEvaluator(), pack=2)
+    assert st.count(TrialState.RUNNING) == 0

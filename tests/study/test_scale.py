@@ -139,6 +139,19 @@ def test_kill_9_mid_trial_is_retried_by_another_worker(tmp_path, study_name):
     assert st.count(TrialState.COMPLETE) == 2 == worker_completes(outs)
 
 
+def test_a_pack_worker_trains_queued_trials_together(tmp_path, study_name):
+    """`autopeft worker --pack 3` on the packaged MiniLM: the queued trials train as one pack, each reported."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    cli("run", "--workers", "0", "--study", study_name, "--storage", url, *FAST_PROXY[2:], "--steps", "8")
+    cli("propose", "--study", study_name, "--storage", url, "--n", "2", "--sampler", "random")  # + the anchor: 3
+    out = cli("worker", "--study", study_name, "--storage", url, "--trials", "3", "--pack", "3", timeout=600).stdout
+    st = load(open_storage(url), study_name)
+    done = st.trials((TrialState.COMPLETE,))
+    assert worker_completes([out]) == 3 == len(done)
+    assert all(t.user_attrs["packed_with"] == [0, 1, 2] for t in done)
+    assert len({t.values[0] for t in done} | {t.values[1] for t in done}) > 1  # three different plans, scored
+
+
 def test_sigterm_hands_the_trial_back_and_exits_0(tmp_path, study_name):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     cli("run", *SYNTHETIC, "--trial-seconds", "60", "--workers", "0", "--study", study_name, "--storage", url)

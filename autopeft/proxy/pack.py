@@ -1,0 +1,229 @@
+"""Several trials at once on one frozen base model (the worker's ``--pack K``).
+
+Trials of one study share the fidelity, so they share the base model, the tokenised data and -- because the
+data order is seeded by the fidelity -- every training batch. :class:`PackedTrainer` trains K plans together:
+
+* one copy of the base weights: each trial's model is a copy of the base whose frozen tensors *are* the base's
+  (``copy.deepcopy`` with those tensors in its memo), plus the trial's own PEFT modules and task head;
+* one batched forward per step: a *packed* model, the base again with every module that differs between trials
+  (an adapted linear, a prefix attention, the head) replaced by a :class:`RowSplit` that sends trial k's rows
+  (rows ``k*B .. (k+1)*B`` of the stacked batch) through trial k's module. Everything frozen and shared runs
+  once on all K*B rows: fewer, larger kernels, which is where a GPU gains (in the style of S-LoRA/Punica,
+  applied to training);
+* one backward of the sum of the trials' losses: no parameter is shared between trials, so each trial's
+  gradient is exactly what its own loss gives it, and each trial keeps its own optimizer and schedule.
+
+What differs from training a plan alone is only the random stream of dropout (masks are drawn for K*B rows at
+once): results agree within seeded noise, and exactly (up to float summation order) without dropout -- tested.
+A trial whose loss turns non-finite fails alone; the others go on without it. Step time is measured for the
+whole pack and recorded per trial as its share (pack step time / trials in the pack).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autopeft.errors import AutopeftError
+from autopeft.plan import PeftPlan
+from autopeft.proxy.train import ProxyTrainer, TrialFailed, TrialMetrics, _PeakMemory
+
+#: keyword arguments of a packed module that carry the batch dimension (and are split with the rows)
+_BATCHED_KWARGS = ("hidden_states", "attention_mask", "encoder_hidden_states", "encoder_attention_mask")
+#: objectives a packed run cannot measure per trial: the pack shares every step's time and memory
+PACK_DISTORTED_OBJECTIVES = ("step_time", "peak_memory")
+
+
+class PackError(AutopeftError, ValueError):
+    """The worker's ``--pack`` option cannot be used as asked."""
+
+
+def check_pack(k: int, objectives: Sequence[str]) -> None:
+    """Refuse ``--pack k`` for a bad ``k`` or for a study whose objectives a pack would distort."""
+    if k < 1:
+        raise PackError(f"--pack: must be at least 1 (got {k}); use 1 to train one trial at a time")
+    distorted = [o for o in objectives if o in PACK_DISTORTED_OBJECTIVES]
+    if k > 1 and distorted:
+        raise PackError(
+            f"--pack: the study optimises {', '.join(distorted)}, which trials trained together cannot measure one "
+            f"by one (got --pack {k}); run this study's workers with --pack 1")
+
+
+class RowSplit(nn.Module):
+    """Trial k's module applied to trial k's rows: inputs are K equal blocks along the batch dimension."""
+
+    def __init__(self, modules: Sequence[nn.Module]):
+        super().__init__()
+        self.parts = nn.ModuleList(modules)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        k = len(self.parts)
+        rows = args[0].shape[0] if args else kwargs["hidden_states"].shape[0]
+
+        def split(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
+                return value.chunk(k, dim=0)
+            return [value] * k
+
+        arg_parts = [split(a) if i == 0 else [a] * k for i, a in enumerate(args)]
+        kw_parts = {n: split(v) if n in _BATCHED_KWARGS else [v] * k for n, v in kwargs.items()}
+        outs = [part(*[a[i] for a in arg_parts], **{n: v[i] for n, v in kw_parts.items()})
+                for i, part in enumerate(self.parts)]
+        return _concat(outs, rows // k)
+
+
+def _concat(outs: list[Any], block: int) -> Any:
+    """Stack the trials' outputs back along the batch dimension (tuples element-wise; non-batch values: the first)."""
+    first = outs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outs, dim=0) if first.dim() > 0 and first.shape[0] == block else first
+    if isinstance(first, tuple):
+        return tuple(_concat([o[i] for o in outs], block) for i in range(len(first)))
+    return first
+
+
+def _trial_paths(model: nn.Module, shared: set[int]) -> set[str]:
+    """Paths of the modules a plan changed: those holding tensors of their own, or a prefix attention."""
+    from autopeft.peft.modules import AdaptedLinear
+    from autopeft.peft.prefix_attention import PREFIX_ATTR
+
+    paths = set()
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in shared]
+        if name and (own or isinstance(module, AdaptedLinear) or hasattr(module, PREFIX_ATTR)):
+            paths.add(name)
+    return paths
+
+
+def _outermost(paths: set[str]) -> list[str]:
+    """Drop every path that lies inside another path of the set."""
+    return sorted(p for p in paths if not any(p.startswith(q + ".") for q in paths if q != p))
+
+
+class PackedTrainer:
+    """Trains up to ``k`` plans at a time with ``trainer``'s fidelity, data and base model."""
+
+    def __init__(self, trainer: ProxyTrainer, k: int):
+        check_pack(k, ())
+        self.trainer = trainer
+        self.k = k
+        base = trainer._base
+        from autopeft.peft import head_parameters
+
+        head = {id(p) for p in head_parameters(base)}
+        # Frozen tensors every trial shares; the head is trained, so each trial gets its own copy of it.
+        self._shared = {id(t): t for t in [*base.parameters(), *base.buffers()] if id(t) not in head}
+
+    def _copy_base(self) -> nn.Module:
+        return copy.deepcopy(self.trainer._base, memo=dict(self._shared))
+
+    def build_model(self, plan: PeftPlan) -> nn.Module:
+        """``plan`` injected into a copy of the base that shares the base's frozen tensors."""
+        from autopeft.peft import apply_plan
+
+        model = apply_plan(self._copy_base(), plan, seed=self.trainer.fidelity.seed)
+        return model.to(self.trainer.device)
+
+    def packed_model(self, models: Sequence[nn.Module]) -> nn.Module:
+        """The base once more, with every module a plan changed replaced by a :class:`RowSplit` over ``models``."""
+        from autopeft.peft.prefix_attention import PREFIX_ATTR, enable_prefix_attention
+
+        shared = set(self._shared)
+        paths = _outermost(set().union(*(_trial_paths(m, shared) for m in models)))
+        packed = self._copy_base().to(self.trainer.device)
+        if hasattr(packed.config, "use_cache"):
+            packed.config.use_cache = False  # a key/value cache would be shared by the trials' attentions
+        for path in paths:
+            packed.set_submodule(path, RowSplit([m.get_submodule(path) for m in models]))
+        if any(hasattr(m, PREFIX_ATTR) for model in models for m in model.modules()):
+            enable_prefix_attention(packed)  # the mask builder must leave room for prefix columns
+        return packed.train()
+
+    def run(self, plan: PeftPlan, on_step: Callable[[int, float], None] | None = None) -> TrialMetrics:
+        """One plan alone: exactly :meth:`ProxyTrainer.run`."""
+        return self.trainer.run(plan, on_step)
+
+    def run_many(self, plans: Sequence[PeftPlan], on_step: Callable[[int, float], None] | None = None,
+                 ) -> list[TrialMetrics | TrialFailed]:
+        """Train ``plans`` ``k`` at a time; one result per plan, in order (a :class:`TrialFailed` for a failed one)."""
+        results: list[TrialMetrics | TrialFailed] = []
+        for start in range(0, len(plans), self.k):
+            results.extend(self._run_pack(list(plans[start : start + self.k]), on_step))
+        return results
+
+    def _losses(self, packed: nn.Module, models: list[nn.Module], live: list[int], batch: dict[str, torch.Tensor],
+                labels: torch.Tensor) -> list[torch.Tensor]:
+        """One packed forward; the task loss (+ weighted auxiliary loss) of each live trial on its own rows."""
+        from autopeft.peft import auxiliary_loss
+
+        f = self.trainer.fidelity
+        n = len(live)
+        stacked = {name: t.repeat(n, *([1] * (t.dim() - 1))) for name, t in batch.items()}  # (n*B, ...)
+        logits = packed(**stacked).logits.chunk(n, dim=0)  # n x (B, num_labels)
+        out = []
+        for i, t in enumerate(live):
+            loss = F.cross_entropy(logits[i].float(), labels)  # what the model's own loss computes alone
+            aux = auxiliary_loss(models[t])
+            if aux is not None and f.aux_loss_weight > 0:
+                loss = loss + f.aux_loss_weight * aux
+            out.append(loss)
+        return out
+
+    def _run_pack(self, plans: list[PeftPlan], on_step) -> list[TrialMetrics | TrialFailed]:
+        tr, f = self.trainer, self.trainer.fidelity
+        t0 = time.perf_counter()
+        torch.manual_seed(f.seed)
+        models = [self.build_model(p) for p in plans]
+        optims = [tr.make_optimizer(m) for m in models]  # (optimizer, scheduler) per trial
+        live = list(range(len(plans)))  # trials still training
+        failed: dict[int, TrialFailed] = {}
+        losses: list[list[float]] = [[] for _ in plans]
+        step_times: list[list[float]] = [[] for _ in plans]
+        packed = self.packed_model(models)
+        with _PeakMemory(tr.device) as mem:
+            for m in models:
+                m.train()
+            batches = tr.train_batches()
+            for step in range(f.steps):
+                ts = time.perf_counter()
+                batch = next(batches)
+                labels = batch.pop("labels")
+                while live:
+                    step_loss = self._losses(packed, models, live, batch, labels)
+                    bad = [(t, loss) for t, loss in zip(live, step_loss) if not torch.isfinite(loss)]
+                    if not bad:
+                        break
+                    for t, loss in bad:  # fail the diverged trials alone, then redo the step without them
+                        failed[t] = TrialFailed(f"loss became {loss.item()} at step {step}; the plan diverged at "
+                                                f"lr {f.learning_rate}")
+                    live = [t for t in live if t not in failed]
+                    packed = self.packed_model([models[t] for t in live]) if live else packed
+                if not live:
+                    break
+                for t in live:
+                    optims[t][0].zero_grad(set_to_none=True)
+                torch.stack(step_loss).sum().backward()  # no shared trainable tensor: each trial gets its own gradient
+                for t in live:
+                    optims[t][0].step()
+                    optims[t][1].step()
+                share = (time.perf_counter() - ts) / len(live)
+                for t, loss in zip(live, step_loss):
+                    losses[t].append(loss.item())
+                    step_times[t].append(share)
+                if on_step is not None:
+                    on_step(step, sum(x.item() for x in step_loss) / len(step_loss))
+        wall = (time.perf_counter() - t0) / len(plans)  # the pack's wall time, shared out
+        results: list[TrialMetrics | TrialFailed] = []
+        for t, (plan, model) in enumerate(zip(plans, models)):
+            if t in failed:
+                results.append(failed[t])
+            else:
+                metrics = tr.finish(model, plan, losses[t], step_times[t], mem.peak_mb, t0)
+                results.append(dataclasses.replace(metrics, wall_time=wall))
+        return results

@@ -1,0 +1,147 @@
+"""Several plans trained together (``--pack``) give what each gets alone, on tiny BERT and LLaMA classifiers."""
+
+import csv
+import shutil
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+
+from autopeft.plan import ModuleSpec as M
+from autopeft.plan import PeftPlan
+from autopeft.proxy.fidelity import Fidelity
+from autopeft.proxy.models import resolve_model_path
+from autopeft.proxy.pack import PackedTrainer, PackError, RowSplit, check_pack
+from autopeft.proxy.train import ProxyTrainer, TrialFailed
+
+VOCAB = 30522  # the packaged MiniLM tokenizer's vocabulary
+WORDS = ["film", "plot", "actor", "scene", "story", "music", "ending", "cast"]
+#: one plan per kind of module site: low-rank, serial/parallel adapter, scales, prefix (attention), experts, none
+PLANS = [
+    PeftPlan.from_modules(2, {0: [M("lora", "q", 4), M("lora", "v", 4)]}),
+    PeftPlan.from_modules(2, {1: [M("serial_adapter", "ffn", 4), M("ia3", "k")]}),
+    PeftPlan.from_modules(2, {0: [M("prefix", "attn", 3)], 1: [M("lora_experts", "q", 2, num_experts=3, top_k=2)]}),
+    PeftPlan.from_modules(2, {1: [M("parallel_adapter", "attn", 4), M("ssf", "o")]}),
+    PeftPlan(2),
+]
+
+
+def _tiny(kind: str, path, dropout: float) -> str:
+    torch.manual_seed(0)
+    if kind == "bert":
+        cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, num_labels=2, hidden_dropout_prob=dropout,
+                         attention_probs_dropout_prob=dropout)
+        model = BertForSequenceClassification(cfg)
+    else:
+        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=64, num_labels=2, pad_token_id=0,
+                          attention_dropout=dropout)
+        model = LlamaForSequenceClassification(cfg)
+    model.save_pretrained(path)
+    tok = resolve_model_path("minilm")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(f"{tok}/{name}", path / name)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """Label 1 iff the text says 'good'; texts of several lengths, so batches carry padding."""
+    path = tmp_path_factory.mktemp("task") / "toy.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        for i in range(160):
+            label = i % 2
+            words = [WORDS[i % 8], WORDS[(i // 8) % 8], "good" if label else "bad"] + [WORDS[(i * 3) % 8]] * (i % 5)
+            w.writerow([" ".join(words), label])
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {(kind, p): _tiny(kind, root / f"{kind}-{p}", p) for kind in ("bert", "llama") for p in (0.0, 0.1)}
+
+
+def _trainer(models, kind, task, dropout=0.0, seed=0) -> ProxyTrainer:
+    return ProxyTrainer(Fidelity(model=models[kind, dropout], task=task, steps=16, batch_size=8, train_examples=96,
+                                 eval_examples=24, max_length=16, learning_rate=1e-2, seed=seed))
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_packed_trials_equal_solo_trials_without_dropout(kind, models, task):
+    trainer = _trainer(models, kind, task)
+    alone = [trainer.run(p) for p in PLANS]
+    packed = PackedTrainer(trainer, 4).run_many(PLANS)  # a pack of 4, then a pack of 1
+    for a, b in zip(alone, packed):
+        assert b.score == a.score and b.test_score == a.test_score
+        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-5)
+        assert b.trainable_params == a.trainable_params and b.module_params == a.module_params
+        assert a.adapter_state.keys() == b.adapter_state.keys()
+        for name, tensor in a.adapter_state.items():
+            torch.testing.assert_close(b.adapter_state[name], tensor, rtol=1e-4, atol=1e-5)
+    assert any(a.train_loss != alone[0].train_loss for a in alone[1:])  # the plans really differ
+
+
+def test_one_copy_of_the_base_weights_and_one_batched_forward(models, task):
+    trainer = _trainer(models, "bert", task)
+    pack = PackedTrainer(trainer, 3)
+    models = [pack.build_model(p) for p in PLANS[:3]]
+    frozen = [{p.data_ptr() for p in m.parameters() if not p.requires_grad} for m in models]
+    assert frozen[0] == frozen[1] == frozen[2] == {p.data_ptr() for p in trainer._base.bert.parameters()}
+    heads = [m.classifier.weight for m in models]
+    assert heads[0].data_ptr() != heads[1].data_ptr() and all(h.requires_grad for h in heads)  # each trains its own
+    packed = pack.packed_model(models)
+    splits = {n: m for n, m in packed.named_modules() if isinstance(m, RowSplit)}
+    # every module a plan changed is split by rows; the rest (embeddings, untouched linears, norms) runs once
+    assert "classifier" in splits and "bert.encoder.layer.1.output.dense" in splits
+    assert "bert.encoder.layer.0.attention.self" in splits  # the prefix plan's attention, with the LoRA plan's q, v
+    assert not any(n.startswith("bert.embeddings") or n.startswith("bert.encoder.layer.1.intermediate") for n in splits)
+    assert all(len(m.parts) == 3 for m in splits.values())
+
+
+def test_a_diverging_trial_fails_alone(models, task, monkeypatch):
+    trainer = _trainer(models, "bert", task)
+    pack = PackedTrainer(trainer, 3)
+    build = pack.build_model
+    calls = {"n": 0}
+
+    def poisoned(plan):
+        model = build(plan)
+        if plan == PLANS[1]:  # this trial's logits turn NaN from step 5 on
+            def hook(mod, args, out):
+                calls["n"] += 1
+                return out * float("nan") if calls["n"] > 5 else out
+            model.classifier.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(pack, "build_model", poisoned)
+    results = pack.run_many(PLANS[:3])
+    assert isinstance(results[1], TrialFailed) and "loss became nan at step 5" in str(results[1])
+    for i in (0, 2):  # the others trained on, exactly as alone
+        alone = trainer.run(PLANS[i])
+        assert results[i].score == alone.score
+        assert results[i].train_loss == pytest.approx(alone.train_loss, rel=1e-5)
+
+
+def test_with_dropout_packing_stays_within_seeded_noise(models, task):
+    """Dropout masks are drawn for the whole pack, so a packed trial is another draw of the same run: its loss
+    differs from the solo run by no more than solo runs of other seeds differ among themselves."""
+    plans = PLANS[:2]
+    solo = {s: [_trainer(models, "bert", task, dropout=0.1, seed=s).run(p).train_loss for p in plans]
+            for s in (0, 1, 2)}
+    packed = [m.train_loss for m in PackedTrainer(_trainer(models, "bert", task, dropout=0.1), 2).run_many(plans)]
+    for i in range(len(plans)):
+        spread = max(solo[s][i] for s in solo) - min(solo[s][i] for s in solo)
+        assert abs(packed[i] - solo[0][i]) <= 2 * spread
+
+
+def test_pack_option_is_checked():
+    check_pack(1, ("score", "step_time"))  # one at a time measures anything
+    check_pack(8, ("score", "trainable_pct"))
+    with pytest.raises(PackError, match="--pack: must be at least 1 .got 0."):
+        check_pack(0, ("score",))
+    with pytest.raises(PackError, match="--pack: the study optimises step_time.*--pack 1"):
+        check_pack(4, ("score", "step_time"))
