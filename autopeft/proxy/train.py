@@ -230,6 +230,18 @@ def check_options(fidelity: Fidelity, device: str | torch.device) -> None:
                          "$CC); install one (e.g. apt-get install gcc) or drop --compile")
 
 
+def _cache_mb_from_env() -> float:
+    raw = os.environ.get("AUTOPEFT_FROZEN_CACHE_MB", str(fc.DEFAULT_CACHE_MB))
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if mb < 0:
+        raise StudyError(f"AUTOPEFT_FROZEN_CACHE_MB: {raw!r} is not a size in MiB; set it to a number such as 2048 "
+                         "(0 keeps nothing cached) or unset it")
+    return mb
+
+
 # --------------------------------------------------------------------------- trainer
 class ProxyTrainer:
     """Trains plans at one fidelity. Build once per worker; call :meth:`run` per trial.
@@ -259,7 +271,7 @@ class ProxyTrainer:
                                  "validation")
         self.test_data = _encode(self.tokenizer, self.task.test[: fidelity.eval_examples], fidelity.max_length, "test")
         self.use_cache = use_cache
-        mb = cache_mb if cache_mb is not None else float(os.environ.get("AUTOPEFT_FROZEN_CACHE_MB", fc.DEFAULT_CACHE_MB))
+        mb = cache_mb if cache_mb is not None else _cache_mb_from_env()
         self.cache = fc.FrozenCache(int(mb * 2**20), cache_dir or os.environ.get("AUTOPEFT_FROZEN_CACHE_DIR") or None)
         self._cache_id: dict | None = None  # what cached states depend on, for their file names (made on first use)
 
@@ -476,9 +488,9 @@ class ProxyTrainer:
         f = self.fidelity
         t0 = time.perf_counter()
         start = self.cached_layers(plan)
-        for data in (self.train_data, self.eval_data, self.test_data):
-            if start:
-                self.hidden_states(data, start)  # the first trial at this depth computes them (counted in its wall time)
+        if start:  # the first trial at this depth computes the states (counted in its wall time)
+            for data in (self.train_data, self.eval_data, self.test_data):
+                self.hidden_states(data, start)
         torch.manual_seed(f.seed)
         model = self.configure(self.build_model(plan), start)
         opt, sched = self.make_optimizer(model)

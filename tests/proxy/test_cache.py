@@ -4,6 +4,7 @@ import pytest
 import torch
 from tiny_proxy import save_tiny, write_toy_task
 
+from autopeft.errors import StudyError
 from autopeft.peft.arch import get_arch
 from autopeft.peft.methods import REGISTRY
 from autopeft.plan import ModuleSpec as M
@@ -151,3 +152,9 @@ def test_cache_that_does_not_fit_runs_uncached(setup):
     reference = ProxyTrainer(_fidelity(setup, "bert"), use_cache=False)
     assert _trial(trainer, plan)[1] == _trial(reference, plan)[1]
     assert trainer.cache.keys() == []
+
+
+def test_a_bad_cache_budget_is_refused(setup, monkeypatch):
+    monkeypatch.setenv("AUTOPEFT_FROZEN_CACHE_MB", "lots")
+    with pytest.raises(StudyError, match="AUTOPEFT_FROZEN_CACHE_MB: 'lots'.*2048"):
+        ProxyTrainer(_fidelity(setup, "bert"))
