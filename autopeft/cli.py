@@ -343,7 +343,8 @@ def study_compare(
     except AutopeftError as exc:
         _fail(exc)
     ref_text = ", ".join(f"{o} {v:g}" for o, v in zip(c.objectives, c.reference.values))
-    summary = Table(title=f"{c.a.name} vs {c.b.name} · hypervolume reference: {ref_text}", title_justify="left")
+    console.print(f"{c.a.name} vs {c.b.name} · hypervolume reference point: {ref_text}", highlight=False)
+    summary = Table()
     for col, justify in (("study", "left"), ("space", "left"), ("complete", "right"), ("failed", "right"),
                          ("front", "right"), ("hypervolume", "right"), ("vs first", "right")):
         summary.add_column(col, justify=justify)

@@ -76,7 +76,7 @@ def test_compare_prints_both_hypervolumes_and_fronts(setup):
     assert r.exit_code == 0, r.output
     store = open_storage(url)
     c = compare_studies(load(store, "a"), load(store, "b"))
-    assert "reference: score 0, trainable_pct 100" in r.output
+    assert "reference point: score 0, trainable_pct 100" in r.output
     for side in (c.a, c.b):
         assert f"{side.hypervolume:.4f}" in r.output
         for t, tr in zip(side.front, side.rows):
@@ -89,7 +89,7 @@ def test_compare_prints_both_hypervolumes_and_fronts(setup):
 def test_an_explicit_reference_point_is_used_and_checked(setup):
     url, _ = setup
     r = cli("study", "compare", "a", "b", "--storage", url, "--reference", "0.5,10")
-    assert r.exit_code == 0 and "reference: score 0.5, trainable_pct 10" in r.output
+    assert r.exit_code == 0 and "reference point: score 0.5, trainable_pct 10" in r.output
     r = cli("study", "compare", "a", "b", "--storage", url, "--reference", "0.5")
     assert r.exit_code == 2 and "--reference" in r.output and "one per objective" in r.output
 
