@@ -182,7 +182,7 @@ def stats(xs: list[float]) -> tuple[float, float, float, float]:
 def markdown(summary: dict, results: list[dict], meta: dict[str, Any], checkpoints: list[int],
              default: str) -> str:
     lines = [SECTION, "",
-             f"`{meta['command']}` · {meta['machine']} · {meta['date']} · table `{meta['table']}`: "
+             f"`{meta['command']}` · {meta['machine']} · {meta['date']} · table `{meta['table']}`: its first "
              f"{meta['plans']} plans ({meta['complete']} complete), built at {meta['table_fidelity']} by code "
              f"{meta['table_code']} · seeds {meta['seeds']} · space `{meta['space']}` ({meta['n_params']} parameters) · "
              f"searches run by code {meta['code']}, {meta['wall_s'] / 60:.0f} min wall clock.",
@@ -268,6 +268,18 @@ def plot(summary: dict, path: Path, default: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def snapshot(path: str, rows: int | None) -> str:
+    """A copy of the table's header and first ``rows`` plans (all when None) in a temporary file."""
+    import tempfile
+
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    keep = lines[: 1 + rows] if rows is not None else lines
+    fd, out = tempfile.mkstemp(prefix="replay-table-", suffix=".jsonl")
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(keep) + "\n")
+    return out
+
+
 def code_version() -> str:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from build_table import code_version as version
@@ -296,17 +308,22 @@ def main(argv: list[str] | None = None) -> None:
                     help="seeds for Optuna's GP samplers (optuna-gp, optuna-botorch), if fewer")
     ap.add_argument("--workers", type=int, default=1, help="searches run in parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--rows", type=int, default=None,
+                    help="use the table's first N plans only (a table being built grows at its end: a fixed N "
+                    "makes the run repeatable)")
     ap.add_argument("--doc", default=str(DEFAULT_DOC), help="markdown file to write the section into ('' for none)")
     ap.add_argument("--plot", default=str(DEFAULT_PLOT))
     ap.add_argument("--json", default=str(DEFAULT_JSON))
     args = ap.parse_args(argv)
     names = [s for s in dict.fromkeys(args.samplers.split(",")) if s]
+    source = args.table
+    args.table = snapshot(source, args.rows)  # every search replays the same rows, whatever the build appends
     table, space, _ = replay_setup(args.table)
     for name in names:
         make_named_sampler(name, 0, space)  # unknown names fail here, before any search
     checkpoints = [k for k in CHECKPOINTS if k <= args.trials]
     meta = {"command": "python benchmarks/search_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": machine(), "date": time.strftime("%Y-%m-%d"), "table": os.path.relpath(args.table, ROOT),
+            "machine": machine(), "date": time.strftime("%Y-%m-%d"), "table": os.path.relpath(source, ROOT),
             "plans": len(table.rows), "complete": sum(r.get("state", "COMPLETE") == "COMPLETE" for r in table.rows),
             "table_fidelity": table.fidelity.describe(), "table_code": table.header.get("code_version", "?"),
             "seeds": f"0-{args.seeds - 1}"
@@ -334,6 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         plot(summary, Path(args.plot), DEFAULT_SAMPLER)
     if args.doc:
         write_section(Path(args.doc), text)
+    os.unlink(args.table)  # the snapshot
 
 
 if __name__ == "__main__":
