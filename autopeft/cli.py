@@ -135,7 +135,7 @@ def run(
 
             check_options(fid, device)  # before any worker starts: e.g. fp16 on a CPU
         st, created = prepare_study(space, fid, storage=storage, study_name=study, sampler=sampler)
-        check_pack(pack, st.objectives)
+        check_pack(pack, st.objectives, st.fidelity)
     except AutopeftError as exc:
         _fail(exc)
     verb = "created" if created else "resuming"

@@ -32,6 +32,7 @@ from torch import nn
 
 from autopeft.errors import AutopeftError
 from autopeft.plan import PeftPlan
+from autopeft.proxy.fidelity import Fidelity
 from autopeft.proxy.train import ProxyTrainer, TrialFailed, TrialMetrics, _PeakMemory
 
 #: keyword arguments of a packed module that carry the batch dimension (and are split with the rows)
@@ -44,15 +45,30 @@ class PackError(AutopeftError, ValueError):
     """The worker's ``--pack`` option cannot be used as asked."""
 
 
-def check_pack(k: int, objectives: Sequence[str]) -> None:
-    """Refuse ``--pack k`` for a bad ``k`` or for a study whose objectives a pack would distort."""
+#: fidelity options (field: value that means "off") a pack does not apply: each changes what a trial computes in
+#: ways one shared forward cannot give every trial (e.g. the frozen-layer cache's "no dropout below the plan" differs
+#: per plan), so a fidelity that turns one on is refused rather than silently trained otherwise
+PACK_UNSUPPORTED_OPTIONS = {"frozen_cache": False, "compile": False, "autocast": "off", "gradient_checkpointing": False}
+
+
+def check_pack(k: int, objectives: Sequence[str], fidelity: Fidelity | None = None) -> None:
+    """Refuse ``--pack k`` for a bad ``k``, for a study whose objectives a pack would distort, or for a fidelity
+    option packed training does not apply."""
     if k < 1:
         raise PackError(f"--pack: must be at least 1 (got {k}); use 1 to train one trial at a time")
+    if k == 1:
+        return
     distorted = [o for o in objectives if o in PACK_DISTORTED_OBJECTIVES]
-    if k > 1 and distorted:
+    if distorted:
         raise PackError(
             f"--pack: the study optimises {', '.join(distorted)}, which trials trained together cannot measure one "
             f"by one (got --pack {k}); run this study's workers with --pack 1")
+    if fidelity is not None and fidelity.objective == "proxy":
+        on = [name for name, off in PACK_UNSUPPORTED_OPTIONS.items() if getattr(fidelity, name, off) != off]
+        if on:
+            flags = ", ".join(f"--{n.replace('_', '-')} ({getattr(fidelity, n)!r})" for n in on)
+            raise PackError(f"--pack: the study's fidelity uses {flags}, which packed training does not apply "
+                            f"(got --pack {k}); run this study's workers with --pack 1")
 
 
 class RowSplit(nn.Module):
@@ -110,7 +126,7 @@ class PackedTrainer:
     """Trains up to ``k`` plans at a time with ``trainer``'s fidelity, data and base model."""
 
     def __init__(self, trainer: ProxyTrainer, k: int):
-        check_pack(k, ())
+        check_pack(k, (), trainer.fidelity)
         self.trainer = trainer
         self.k = k
         base = trainer._base

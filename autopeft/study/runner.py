@@ -112,7 +112,7 @@ def worker_main(spec: WorkerSpec, evaluator_factory: Callable | None = None):
     storage = open_storage(spec.storage, heartbeat_interval=spec.heartbeat_interval,
                            grace_period=spec.grace_period, max_retry=spec.max_retry)
     study = load(storage, spec.study, sampler=sampler)
-    check_pack(spec.pack, study.objectives)
+    check_pack(spec.pack, study.objectives, study.fidelity)
     evaluator = evaluator_factory(study) if evaluator_factory else make_evaluator(study.fidelity, spec.device)
     if spec.pack > 1 and isinstance(evaluator, ProxyTrainer):
         evaluator = PackedTrainer(evaluator, spec.pack)

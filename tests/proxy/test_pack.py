@@ -65,14 +65,14 @@ def models(tmp_path_factory):
     return {(kind, p): _tiny(kind, root / f"{kind}-{p}", p) for kind in ("bert", "llama") for p in (0.0, 0.1)}
 
 
-def _trainer(models, kind, task, dropout=0.0, seed=0) -> ProxyTrainer:
+def _trainer(models, kind, task, dropout=0.0, seed=0, **options) -> ProxyTrainer:
     return ProxyTrainer(Fidelity(model=models[kind, dropout], task=task, steps=16, batch_size=8, train_examples=96,
-                                 eval_examples=24, max_length=16, learning_rate=1e-2, seed=seed))
+                                 eval_examples=24, max_length=16, learning_rate=1e-2, seed=seed, **options))
 
 
-@pytest.mark.parametrize("kind", ["bert", "llama"])
-def test_packed_trials_equal_solo_trials_without_dropout(kind, models, task):
-    trainer = _trainer(models, kind, task)
+@pytest.mark.parametrize("kind, buckets", [("bert", True), ("llama", False)])
+def test_packed_trials_equal_solo_trials_without_dropout(kind, buckets, models, task):
+    trainer = _trainer(models, kind, task, length_buckets=buckets)
     alone = [trainer.run(p) for p in PLANS]
     packed = PackedTrainer(trainer, 4).run_many(PLANS)  # a pack of 4, then a pack of 1
     for a, b in zip(alone, packed):
@@ -145,3 +145,6 @@ def test_pack_option_is_checked():
         check_pack(0, ("score",))
     with pytest.raises(PackError, match="--pack: the study optimises step_time.*--pack 1"):
         check_pack(4, ("score", "step_time"))
+    check_pack(4, ("score",), Fidelity(length_buckets=True))  # which examples share a batch: the same for all
+    with pytest.raises(PackError, match=r"--frozen-cache \(True\), --autocast \('bf16'\), .*--pack 1"):
+        check_pack(2, ("score",), Fidelity(frozen_cache=True, autocast="bf16"))
