@@ -13,13 +13,17 @@ each time a few trials finish, so this sampler
 * scores a candidate by its expected hypervolume improvement (EHVI, exact for independent Gaussian objectives: a sum
   over the cells of the non-dominated region of products of one-dimensional expectations; in log space, as in
   Ament et al. 2023) over the *posterior-mean* front of the observed trials (scores are noisy: a lucky observation
-  does not set the bar) plus the pending (RUNNING and queued) trials' posterior means (a "kriging believer": a
-  batch spreads out instead of repeating itself), times the probability of meeting the constraints (the
-  trainable-% budget becomes a threshold on that objective's GP); ``acquisition="qlognehvi"`` uses BoTorch's
-  Monte-Carlo qLogNEHVI instead (slower: see docs/benchmarks.md);
+  does not set the bar), times the probability of meeting the constraints (the trainable-% budget becomes a
+  threshold on that objective's GP); ``acquisition="qlognehvi"`` uses BoTorch's Monte-Carlo qLogNEHVI instead
+  (about a hundred times slower here: see docs/benchmarks.md);
+* treats RUNNING and queued trials as pending: the GP is conditioned on them as if they had returned the worst
+  value seen so far (the "constant liar" of Ginsbourger et al. 2010), so a batch spreads out instead of repeating
+  itself, and all proposals of a batch share one fit;
 * searches the *grid* of choices directly (every parameter is a list of choices): seeded random and
   mutated-incumbent starts, then a local search that moves every start to its best one-parameter neighbour at once,
-  never onto an observed, pending or failed point. Nothing is rounded and nothing falls back to random sampling.
+  never onto an observed, pending or failed point. Nothing is rounded and nothing falls back to random sampling;
+* works on plans, given ``canonical`` (autopeft's make_sampler passes the study's space): parameter vectors that
+  decode to the same plan are one point to the GP, and no proposal repeats a plan under other parameters.
 
 Shapes: ``n`` completed trials, ``p`` parameters, ``d`` encoded input dimensions (one per ordinal parameter, one per
 choice of a categorical one), ``m`` objectives, ``o`` modelled outputs (objectives, then own-GP constraints),
@@ -333,7 +337,8 @@ class MOBOSampler(optuna.samplers.BaseSampler):
     Before ``n_startup_trials`` trials are complete it returns no joint proposal (autopeft wraps it in a Sobol
     start, :class:`~autopeft.optimize.samplers.StartupThen`); after that every proposal comes from the model:
     ``stats["model"]`` counts them and ``stats["independent"]`` counts parameters it had to leave to the
-    independent (random) sampler because they are not in every completed trial (a conditional space; warned once).
+    independent (random) sampler because they are not in every completed trial (a conditional space; warned once);
+    ``fit_seconds``, ``acq_seconds`` and ``scored`` (candidates scored) tell where the time went.
     """
 
     def __init__(self, *, seed: int | None = None, n_startup_trials: int = 8, acquisition: str = "ehvi",
@@ -369,7 +374,7 @@ class MOBOSampler(optuna.samplers.BaseSampler):
         self._cache: dict[str, Any] = {}
         self._hypers: dict[int, dict[str, torch.Tensor]] = {}  # output -> last fitted hyperparameters
         self.fit_count = 0
-        self.stats = {"model": 0, "independent": 0, "fit_seconds": 0.0, "acq_seconds": 0.0}
+        self.stats = {"model": 0, "independent": 0, "fit_seconds": 0.0, "acq_seconds": 0.0, "scored": 0}
         self._warned = False
 
     # ------------------------------------------------------------ Optuna's sampler interface
@@ -511,7 +516,9 @@ class MOBOSampler(optuna.samplers.BaseSampler):
         out: Outcomes = fit["out"]
         m = out.y.shape[1]
         marginals = fit["marginals"]
-        pending_marginals = [f.believe(x_pending, self.believer) for f in marginals] if self.believer else marginals
+        # objectives are believed as configured; a constraint's own GP at its mean (its "worst" would be feasible)
+        pending_marginals = [f.believe(x_pending, self.believer if i < m else "mean") for i, f in enumerate(marginals)] \
+            if self.believer else marginals
 
         def predict(x, fs=marginals):  # (N, d) -> mean, std (N, o)
             ms = [f(x) for f in fs]
@@ -575,8 +582,9 @@ class MOBOSampler(optuna.samplers.BaseSampler):
             constraints=constraints or None, X_pending=x_pending if x_pending.numel() else None, prune_baseline=True)
 
     def _optimise(self, score, grid: ChoiceGrid, fit: dict[str, Any], avoid: torch.Tensor, seed: int) -> torch.Tensor:
-        """(R, p) grid points, best first: the local optima found, then the next best starts. How: score seeded random rows and mutations of the observed front, then move
-        the best ``num_restarts`` starts to their best one-parameter neighbour, all at once, until none improves.
+        """(R, p) grid points, best first: the local optima found, then the next best starts (fallbacks for when
+        the optima turn out to be known plans). Seeded random rows and mutations of the observed front are scored,
+        then the best ``num_restarts`` move to their best one-parameter neighbour, all at once, until none improves.
 
         Written here rather than with ``botorch.optim.optimize_acqf_discrete_local_search``, which walks one
         start at a time and scores one batch of neighbours per step: moving every start per batch is several
@@ -593,8 +601,7 @@ class MOBOSampler(optuna.samplers.BaseSampler):
         if not starts.shape[0]:  # a tiny space, all of it seen: take any point
             starts = grid.random(1, gen)
         values = _batched(score, grid, starts)
-        self.stats["scored"] = self.stats.get("scored", 0) + starts.shape[0]
-        steps = 0
+        self.stats["scored"] += starts.shape[0]
         order = values.argsort(descending=True)[: self.num_restarts]
         current, best = starts[order], values[order]
         active = torch.ones(len(order), dtype=torch.bool)  # starts still climbing
@@ -607,8 +614,6 @@ class MOBOSampler(optuna.samplers.BaseSampler):
             if ok.any():
                 scores[ok] = _batched(score, grid, flat[ok])
                 self.stats["scored"] += int(ok.sum())
-            steps += 1
-            self.stats["steps"] = self.stats.get("steps", 0) + 1
             top, arg = scores.reshape(r, k).max(-1)
             better = top > best[active]
             idx = active.nonzero().squeeze(-1)
@@ -618,7 +623,7 @@ class MOBOSampler(optuna.samplers.BaseSampler):
             if not active.any():
                 break
         order = best.argsort(descending=True)
-        rest = values.argsort(descending=True)[: 8 * self.num_restarts]  # next best starts, should all be known plans
+        rest = values.argsort(descending=True)[: 8 * self.num_restarts]
         return torch.cat([current[order], starts[rest]])
 
 
