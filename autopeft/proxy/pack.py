@@ -47,8 +47,8 @@ class PackError(AutopeftError, ValueError):
 
 #: fidelity options (field: value that means "off") a pack does not apply: each changes what a trial computes in
 #: ways one shared forward cannot give every trial (e.g. the frozen-layer cache's "no dropout below the plan" differs
-#: per plan), so a fidelity that turns one on is refused rather than silently trained otherwise
-PACK_UNSUPPORTED_OPTIONS = {"frozen_cache": False, "compile": False, "autocast": "off", "gradient_checkpointing": False}
+#: per plan), so a fidelity that turns one on is refused rather than silently trained otherwise (``autocast`` and ``gradient_checkpointing`` are applied to the pack)
+PACK_UNSUPPORTED_OPTIONS = {"frozen_cache": False, "compile": False}
 
 
 def check_pack(k: int, objectives: Sequence[str], fidelity: Fidelity | None = None) -> None:
@@ -159,7 +159,7 @@ class PackedTrainer:
             packed.set_submodule(path, RowSplit([m.get_submodule(path) for m in models]))
         if any(hasattr(m, PREFIX_ATTR) for model in models for m in model.modules()):
             enable_prefix_attention(packed)  # the mask builder must leave room for prefix columns
-        return packed.train()
+        return self.trainer.configure(packed).train()  # the fidelity's options (gradient checkpointing)
 
     def run(self, plan: PeftPlan, on_step: Callable[[int, float], None] | None = None) -> TrialMetrics:
         """One plan alone: exactly :meth:`ProxyTrainer.run`."""
@@ -181,14 +181,15 @@ class PackedTrainer:
         f = self.trainer.fidelity
         n = len(live)
         stacked = {name: t.repeat(n, *([1] * (t.dim() - 1))) for name, t in batch.items()}  # (n*B, ...)
-        logits = packed(**stacked).logits.chunk(n, dim=0)  # n x (B, num_labels)
         out = []
-        for i, t in enumerate(live):
-            loss = F.cross_entropy(logits[i].float(), labels)  # what the model's own loss computes alone
-            aux = auxiliary_loss(models[t])
-            if aux is not None and f.aux_loss_weight > 0:
-                loss = loss + f.aux_loss_weight * aux
-            out.append(loss)
+        with self.trainer.autocast():
+            logits = packed(**stacked).logits.chunk(n, dim=0)  # n x (B, num_labels)
+            for i, t in enumerate(live):
+                loss = F.cross_entropy(logits[i].float(), labels)  # what the model's own loss computes alone
+                aux = auxiliary_loss(models[t])
+                if aux is not None and f.aux_loss_weight > 0:
+                    loss = loss + f.aux_loss_weight * aux
+                out.append(loss.float())
         return out
 
     def _run_pack(self, plans: list[PeftPlan], on_step) -> list[TrialMetrics | TrialFailed]:
@@ -202,6 +203,9 @@ class PackedTrainer:
         losses: list[list[float]] = [[] for _ in plans]
         step_times: list[list[float]] = [[] for _ in plans]
         packed = self.packed_model(models)
+        # fp16: one loss scaler for the pack; each trial's optimizer step is skipped on its own overflow, and the
+        # scale drops when any trial overflowed (alone, each trial would keep a scale of its own)
+        scaler = torch.amp.GradScaler(tr.device.type) if f.autocast == "fp16" else None
         with _PeakMemory(tr.device) as mem:
             for m in models:
                 m.train()
@@ -224,10 +228,16 @@ class PackedTrainer:
                     break
                 for t in live:
                     optims[t][0].zero_grad(set_to_none=True)
-                torch.stack(step_loss).sum().backward()  # no shared trainable tensor: each trial gets its own gradient
+                total = torch.stack(step_loss).sum()  # no shared trainable tensor: each trial gets its own gradient
+                (scaler.scale(total) if scaler is not None else total).backward()
                 for t in live:
-                    optims[t][0].step()
+                    if scaler is not None:
+                        scaler.step(optims[t][0])
+                    else:
+                        optims[t][0].step()
                     optims[t][1].step()
+                if scaler is not None:
+                    scaler.update()
                 share = (time.perf_counter() - ts) / len(live)
                 for t, loss in zip(live, step_loss):
                     losses[t].append(loss.item())

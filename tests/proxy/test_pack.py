@@ -85,6 +85,19 @@ def test_packed_trials_equal_solo_trials_without_dropout(kind, buckets, models, 
     assert any(a.train_loss != alone[0].train_loss for a in alone[1:])  # the plans really differ
 
 
+@pytest.mark.parametrize("options", [{"gradient_checkpointing": True}, {"autocast": "bf16"}])
+def test_packed_trials_apply_the_fidelity_options(options, models, task):
+    trainer = _trainer(models, "bert", task, **options)
+    plans = PLANS[:2]
+    alone = [trainer.run(p) for p in plans]
+    packed = PackedTrainer(trainer, 2).run_many(plans)
+    loose = options.get("autocast") == "bf16"  # bf16 matmuls: rounding differs with the batch's shape
+    for a, b in zip(alone, packed):
+        assert b.train_loss == pytest.approx(a.train_loss, rel=2e-2 if loose else 1e-5)
+        if not loose:
+            assert b.score == a.score
+
+
 def test_one_copy_of_the_base_weights_and_one_batched_forward(models, task):
     trainer = _trainer(models, "bert", task)
     pack = PackedTrainer(trainer, 3)
@@ -146,5 +159,6 @@ def test_pack_option_is_checked():
     with pytest.raises(PackError, match="--pack: the study optimises step_time.*--pack 1"):
         check_pack(4, ("score", "step_time"))
     check_pack(4, ("score",), Fidelity(length_buckets=True))  # which examples share a batch: the same for all
-    with pytest.raises(PackError, match=r"--frozen-cache \(True\), --autocast \('bf16'\), .*--pack 1"):
-        check_pack(2, ("score",), Fidelity(frozen_cache=True, autocast="bf16"))
+    check_pack(4, ("score",), Fidelity(autocast="bf16", gradient_checkpointing=True))  # applied to the pack
+    with pytest.raises(PackError, match=r"--frozen-cache \(True\), --compile \(True\).*--pack 1"):
+        check_pack(2, ("score",), Fidelity(frozen_cache=True, compile=True))
