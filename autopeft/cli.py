@@ -593,6 +593,54 @@ def dashboard(
 
 
 @app.command()
+def promote(
+    name: str = typer.Argument(..., help="Study whose most promising trials to promote."),
+    to: str = typer.Option("default", "--to", help="Fidelity preset to train them at: quick, default or full."),
+    top: Optional[int] = typer.Option(None, "--top", help="Promote this many trials (by Pareto front, then score)."),
+    fraction: Optional[float] = typer.Option(None, "--fraction", help="Promote this share of the completed trials, e.g. 0.33."),
+    train: bool = typer.Option(False, "--train", help="Train the promoted trials here now (else any worker of <study>@<preset> does)."),
+    storage: Optional[str] = StorageOpt,
+    device: str = typer.Option("cpu", "--device", help="Torch device for --train."),
+) -> None:
+    """Successive halving: queue a study's most promising trials at a higher fidelity in <study>@<preset>.
+
+    Prints how well the two fidelities agree (Kendall's tau of the linked trials' scores) once both have results.
+    """
+    from autopeft.promote import fidelity_agreement
+    from autopeft.promote import promote as do_promote
+    from autopeft.study.storage import open_storage
+    from autopeft.study.study import load
+
+    try:
+        st = open_storage(storage)
+        result = do_promote(st, name, to, top=top, fraction=fraction)
+    except AutopeftError as exc:
+        _fail(exc)
+    comp = result.companion
+    console.print(f"queued {len(result.queued)} of {result.candidates} completed trials of {name} in {comp.name} "
+                  f"({comp.fidelity.describe()}): " + (", ".join(f"{s}->{c}" for s, c in result.queued) or "none new"),
+                  highlight=False)
+    if train and result.queued:
+        from autopeft.proxy.synthetic import make_evaluator
+        from autopeft.study.runner import quiet_libraries
+        from autopeft.study.worker import run_worker
+
+        quiet_libraries()
+        try:
+            run_worker(comp, make_evaluator(comp.fidelity, device), self_propose=False, idle_timeout=0)
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted: the running trial was handed back to {comp.name}'s queue")
+            raise typer.Exit(130)
+    elif result.queued:
+        console.print(f"train them with: autopeft worker --study {comp.name}", highlight=False)
+    agreement = fidelity_agreement(load(st, name), comp)
+    if agreement.pairs:
+        tau = "n/a (fewer than 2 pairs)" if agreement.tau is None else f"{agreement.tau:.3f}"
+        console.print(f"fidelity agreement over {len(agreement.pairs)} promoted trials: Kendall tau {tau}",
+                      highlight=False)
+
+
+@app.command()
 def retrain(
     name: str = typer.Argument(..., help="Study whose trial to retrain."),
     trial: int = typer.Option(..., "--trial", help="Number of the COMPLETE trial to retrain."),
