@@ -18,7 +18,10 @@ step) of:
   ``all-linear``, which on BERT also adapts the pooler); *autopeft ... unfused* is the same with
   ``fused_kernels(False)``;
 * *experts*: LoRA experts (8 experts, top-2, r = 8) on q,v, autopeft against the same model whose expert layers
-  run :func:`autopeft.kernels.reference.lora_experts_loop` (a Python loop over experts).
+  run :func:`autopeft.kernels.reference.lora_experts_loop` (a Python loop over experts);
+* *serial / parallel adapter* (bottleneck 64 on attention and FFN), *IA3* (k, v, down) and *SSF* (every linear):
+  autopeft's fused kernels against the same plan with ``fused_kernels(False)`` (autograd over the modules' ops).
+  Their trainable vectors and up-projections are moved off their identity start first.
 
 Besides the whole step, the expert layer alone (forward + backward of one ``LoRAExperts`` on the model's tokens x
 hidden, from a fixed upstream gradient plus the weighted load-balancing loss) is timed, since in the whole step
@@ -27,7 +30,10 @@ scatter-add back); autopeft's dense experts node with the routing through autogr
 unfused, and the node with the router inside (the module's default for top-k routing).
 
 Timing: every repeat runs each configuration once, in turn (so load drifts hit all alike); one warm-up round first;
-the median of ``--repeats`` is reported with its ratio to the bound and to peft's matching row. Memory: the
+the median of ``--repeats`` is reported with its ratio to the bound and to peft's matching row (or the named
+baseline). On CPU each figure is given twice: wall seconds, and the process's CPU seconds, which on a machine shared
+with other jobs leave out the time spent waiting for a core (with ``--threads 1`` they are the step's own work;
+memory-bandwidth and cache contention from the other jobs still show in both). Memory: the
 activations saved for the backward (bytes of distinct tensors kept by autograd, parameters excluded; exact and
 repeatable) and the peak (CUDA allocator peak, or on CPU the peak growth of the process RSS as the proxy trainer
 measures it -- on CPU that one is noisy because freed memory is reused). Prints a Markdown table.
@@ -51,8 +57,10 @@ from transformers import (
     LlamaForSequenceClassification,
 )
 
+from autopeft import kernels
 from autopeft.kernels import fused_kernels, lora_experts, reference
 from autopeft.peft import apply_plan, auxiliary_loss, get_arch
+from autopeft.peft.methods.base import BLOCK_SITES
 from autopeft.peft.modules import LoRAExperts
 from autopeft.plan import ModuleSpec, PeftPlan
 from autopeft.proxy.train import _PeakMemory
@@ -87,14 +95,19 @@ def _base(name: str, device, dtype) -> torch.nn.Module:
     return model.train().requires_grad_(False)  # dropout as in training (BERT 0.1, LLaMA none)
 
 
-def _ours(name, sites, device, dtype, method="lora", **kw):
+def _ours(name, sites, device, dtype, method="lora", size=RANK, alpha=ALPHA, **kw):
     def build():
         model = _base(name, device, dtype)
-        present = [s for s in sites if s in get_arch(model).sites()]  # BERT has no gate
+        present = [s for s in sites if s in get_arch(model).sites() or s in BLOCK_SITES]  # BERT has no gate
         n = model.config.num_hidden_layers
-        plan = PeftPlan.from_modules(n, {i: [ModuleSpec(method, s, RANK, alpha=ALPHA, **kw) for s in present]
+        plan = PeftPlan.from_modules(n, {i: [ModuleSpec(method, s, size, alpha=alpha, **kw) for s in present]
                                          for i in range(n)})
-        return apply_plan(model, plan, seed=0)
+        model = apply_plan(model, plan, seed=0)
+        with torch.no_grad():  # adapters' up-projections and IA3/SSF start at the identity; move them off it so
+            for p in model.parameters():  # that no kernel can skip work on zeros or ones
+                if p.requires_grad and method != "lora_experts" and method != "lora":
+                    p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)).to(p) * 0.01)
+        return model
     return build
 
 
@@ -170,7 +183,25 @@ def configs(name: str, device, dtype) -> list[Config]:
                context=lambda: fused_kernels(False), peer="peft LoRA all-linear"),
         Config("experts q,v: loop over experts", _looped(experts)),
         Config("experts q,v: autopeft", experts, peer="experts q,v: loop over experts"),
+        *_fused_pairs(name, device, dtype),
     ]
+
+
+#: part-3 methods, each as autopeft's fused kernel against the same plan with ``fused_kernels(False)`` (autograd
+#: over the modules' plain ops): label, method, sites, size
+FUSED_METHODS = [("serial adapter attn+ffn (m = 64)", "serial_adapter", ["attn", "ffn"], 64),
+                 ("parallel adapter attn+ffn (m = 64)", "parallel_adapter", ["attn", "ffn"], 64),
+                 ("IA3 k,v,down", "ia3", ["k", "v", "down"], 0),
+                 ("SSF all linears", "ssf", ["q", "k", "v", "o", "gate", "up", "down"], 0)]
+
+
+def _fused_pairs(name, device, dtype) -> list[Config]:
+    rows = []
+    for label, method, sites, size in FUSED_METHODS:
+        build = _ours(name, sites, device, dtype, method=method, size=size, alpha=None)
+        rows += [Config(f"{label}: unfused", build, context=lambda: fused_kernels(False)),
+                 Config(f"{label}: autopeft", build, peer=f"{label}: unfused")]
+    return rows
 
 
 def _batch(name: str, device) -> dict[str, torch.Tensor]:
@@ -224,29 +255,44 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _Clock:
+    """Wall and process-CPU seconds of the block (synchronised on CUDA). On a CPU shared with other jobs the wall
+    time includes waiting for a core; the CPU time counts this process's own work (all its threads)."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        _sync(self.device)
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        _sync(self.device)
+        self.wall, self.cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+
+
 def bench_model(name: str, repeats: int, device, dtype) -> list[dict]:
     cfgs = configs(name, device, dtype)
     models = [c.build() for c in cfgs]
     batch = _batch(name, device)
     times: list[list[float]] = [[] for _ in cfgs]
+    cpus: list[list[float]] = [[] for _ in cfgs]
     peaks: list[list[float]] = [[] for _ in cfgs]
     for rep in range(repeats + 1):  # round 0 warms up
         for i, (cfg, model) in enumerate(zip(cfgs, models)):
-            with cfg.context(), _PeakMemory(device) as mem:
-                _sync(device)
-                t0 = time.perf_counter()
+            with cfg.context(), _PeakMemory(device) as mem, _Clock(device) as clock:
                 _step(model, batch, cfg.kind)
-                _sync(device)
-                elapsed = time.perf_counter() - t0
             if rep:
-                times[i].append(elapsed)
+                times[i].append(clock.wall)
+                cpus[i].append(clock.cpu)
                 peaks[i].append(mem.peak_mb)
     rows = []
-    for cfg, model, ts, ps in zip(cfgs, models, times, peaks):
+    for cfg, model, ts, cs, ps in zip(cfgs, models, times, cpus, peaks):
         with cfg.context():
             saved = _saved_mib(model, batch, cfg.kind)
         rows.append(dict(model=name, label=cfg.label, peer=cfg.peer, time=statistics.median(ts),
-                         peak=statistics.median(ps), saved=saved))
+                         cpu=statistics.median(cs), peak=statistics.median(ps), saved=saved))
     return rows
 
 
@@ -267,39 +313,92 @@ def bench_expert_layer(name: str, repeats: int, device, dtype) -> list[dict]:
                 "autopeft dense, gates given": (_gated_forward.__get__(layer), contextlib.nullcontext),
                 "autopeft dense, unfused": (layer.forward, lambda: fused_kernels(False)),
                 "autopeft (router in the node)": (layer.forward, contextlib.nullcontext)}
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
     for rep in range(repeats + 1):
         for label, (fwd, context) in variants.items():
-            with context():
-                _sync(device)
-                t0 = time.perf_counter()
+            with context(), _Clock(device) as clock:
                 y = fwd(x)  # (N, out); the layer's output and its routing loss, as in a training step
                 torch.autograd.backward([y, layer.aux_loss], [dy, aux_weight])
-                _sync(device)
             if rep:
-                times[label].append(time.perf_counter() - t0)
+                times[label].append((clock.wall, clock.cpu))
             layer.zero_grad(set_to_none=True)
             x.grad = None
-    return [dict(model=name, label=f"expert layer {b * t} x {d}: {k}", time=statistics.median(v))
-            for k, v in times.items()]
+    return [dict(model=name, label=f"expert layer {b * t} x {d}: {k}", time=statistics.median(w for w, _ in v),
+                 cpu=statistics.median(c for _, c in v)) for k, v in times.items()]
 
 
-def table(rows: list[dict], layer_rows: list[dict]) -> str:
-    out = ["| model | configuration | step s (median) | / bound | / peer | saved activations MiB | peak MiB |",
-           "|---|---|---:|---:|---:|---:|---:|"]
+def bench_fused_layers(name: str, repeats: int, device, dtype) -> list[dict]:
+    """One site of each part-3 method on the model's B*T tokens, forward + backward from a fixed upstream gradient:
+    the fused kernel against its plain-torch reference (autograd over the same ops the modules run unfused)."""
+    b, t = MODELS[name]["batch"]
+    d, ffn = MODELS[name]["config"].hidden_size, MODELS[name]["config"].intermediate_size
+    g = torch.Generator().manual_seed(4)
+    r = lambda *shape, grad=True: (torch.randn(*shape, generator=g) * 0.1).to(device=device, dtype=dtype).requires_grad_(grad)
+    n, m = b * t, 64
+    x, x_ffn, base = r(n, d), r(n, ffn), r(n, d)
+    w, bias, w_down = r(d, d, grad=False), r(d, grad=False), r(d, ffn, grad=False)
+    down_w, down_b, up_w, up_b = r(m, d), r(m), r(d, m), r(d)
+    vec_d, vec_d2, vec_ffn = r(d), r(d), r(ffn)
+    cases = {  # label: (fused, reference, args, which args are differentiated)
+        f"serial adapter (m = {m}) on {d}": (kernels.FusedBottleneck.apply, reference.bottleneck,
+                                              (x, None, down_w, down_b, up_w, up_b, 1.0)),
+        f"parallel adapter (m = {m}) on {d}": (kernels.FusedBottleneck.apply, reference.bottleneck,
+                                                (x, base, down_w, down_b, up_w, up_b, 4.0)),
+        f"IA3 on a {d} -> {d} output (k, v)": (kernels.ScaleShiftLinear.apply, reference.scale_shift_linear,
+                                                (x, w, bias, None, vec_d, None)),
+        f"IA3 on a {ffn} -> {d} input (down)": (kernels.ScaleShiftLinear.apply, reference.scale_shift_linear,
+                                                 (x_ffn, w_down, bias, vec_ffn, None, None)),
+        f"SSF on a {d} -> {d} linear": (kernels.ScaleShiftLinear.apply, reference.scale_shift_linear,
+                                         (x, w, bias, None, vec_d, vec_d2)),
+    }
+    dy = torch.randn(n, d, generator=g).to(device=device, dtype=dtype)
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {(label, kind): [] for label in cases
+                                                                for kind in ("unfused", "autopeft")}
+    for rep in range(repeats + 1):
+        for label, (fused, ref, args) in cases.items():
+            wanted = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+            for kind, fn in (("unfused", ref), ("autopeft", fused)):
+                with _Clock(device) as clock:
+                    torch.autograd.grad(fn(*args), wanted, dy)
+                if rep:
+                    times[(label, kind)].append((clock.wall, clock.cpu))
+    return [dict(model=name, label=f"{label}: {kind}", time=statistics.median(w for w, _ in v),
+                 cpu=statistics.median(c for _, c in v)) for (label, kind), v in times.items()]
+
+
+def table(rows: list[dict], layer_rows: list[dict], cpu_clock: bool = True) -> str:
+    """Markdown tables; ``cpu_clock`` adds the process-CPU columns (meaningless on CUDA, where kernels run async)."""
+    cpu_head, cpu_rule = (" CPU s | CPU / bound | CPU / peer |", "---:|---:|---:|") if cpu_clock else ("", "")
+    out = [f"| model | configuration | step s (median) | / bound | / peer |{cpu_head} saved activations MiB | peak MiB |",
+           f"|---|---|---:|---:|---:|{cpu_rule}---:|---:|"]
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name]
         by_label = {r["label"]: r for r in mine}
-        bound = by_label["bound: frozen forward + backward to inputs"]["time"]
+        bound = by_label["bound: frozen forward + backward to inputs"]
         for r in mine:
-            peer = f"{r['time'] / by_label[r['peer']]['time']:.2f}x" if r["peer"] else ""
-            out.append(f"| {name} | {r['label']} | {r['time']:.3f} | {r['time'] / bound:.2f}x | {peer} | "
-                       f"{r['saved']:.0f} | {r['peak']:.0f} |")
-    out += ["", "| model | expert layer, forward + backward | s (median) | loop / this |", "|---|---|---:|---:|"]
-    for name in dict.fromkeys(r["model"] for r in layer_rows):
-        mine = [r for r in layer_rows if r["model"] == name]
-        for r in mine:
-            out.append(f"| {name} | {r['label']} | {r['time']:.4f} | {mine[0]['time'] / r['time']:.2f}x |")
+            peer = by_label[r["peer"]] if r["peer"] else None
+            cells = [f"{r['time']:.3f}", f"{r['time'] / bound['time']:.2f}x",
+                     f"{r['time'] / peer['time']:.2f}x" if peer else ""]
+            if cpu_clock:
+                cells += [f"{r['cpu']:.3f}", f"{r['cpu'] / bound['cpu']:.2f}x",
+                          f"{r['cpu'] / peer['cpu']:.2f}x" if peer else ""]
+            out.append(f"| {name} | {r['label']} | {' | '.join(cells)} | {r['saved']:.0f} | {r['peak']:.0f} |")
+    cpu_head, cpu_rule = (" CPU s | CPU: {} |", "---:|---:|") if cpu_clock else ("", "")
+    for title, ratio, pick, base_of in (
+            ("expert layer, forward + backward", "loop / this", lambda r: r["label"].startswith("expert layer"),
+             lambda mine, r: mine[0]),
+            ("one site, forward + backward", "unfused / this", lambda r: not r["label"].startswith("expert layer"),
+             lambda mine, r: next(m for m in mine if m["label"] == r["label"].rsplit(": ", 1)[0] + ": unfused"))):
+        out += ["", f"| model | {title} | s (median) | {ratio} |{cpu_head.format(ratio)}",
+                f"|---|---|---:|---:|{cpu_rule}"]
+        for name in dict.fromkeys(r["model"] for r in layer_rows):
+            mine = [r for r in layer_rows if r["model"] == name and pick(r)]
+            for r in mine:
+                ref = base_of(mine, r)
+                cells = [f"{r['time']:.4f}", f"{ref['time'] / r['time']:.2f}x"]
+                if cpu_clock:
+                    cells += [f"{r['cpu']:.4f}", f"{ref['cpu'] / r['cpu']:.2f}x"]
+                out.append(f"| {name} | {r['label']} | {' | '.join(cells)} |")
     return "\n".join(out)
 
 
@@ -314,6 +413,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    cpu_clock = device.type == "cpu"
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device {device} ({card}), dtype {args.dtype}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.repeats} repeats", flush=True)
@@ -321,11 +421,12 @@ def main() -> None:
     for name in args.models:
         t0 = time.perf_counter()
         model_rows = bench_model(name, args.repeats, device, dtype)
-        model_layer_rows = bench_expert_layer(name, args.repeats, device, dtype)
-        print(f"{name}: {time.perf_counter() - t0:.0f} s\n{table(model_rows, model_layer_rows)}\n", flush=True)
+        model_layer_rows = bench_expert_layer(name, args.repeats, device, dtype) + \
+            bench_fused_layers(name, args.repeats, device, dtype)
+        print(f"{name}: {time.perf_counter() - t0:.0f} s\n{table(model_rows, model_layer_rows, cpu_clock)}\n", flush=True)
         rows, layer_rows = rows + model_rows, layer_rows + model_layer_rows
     if len(args.models) > 1:
-        print(table(rows, layer_rows))
+        print(table(rows, layer_rows, cpu_clock))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ calls otherwise (:mod:`.cpu_lora`).
 
 runs every expert of a layer as one autograd node of two matmuls (:mod:`.cpu_experts`, torch ops on any device);
 ``routed_lora_experts`` adds the top-k softmax router to that node (the router's weight rides the experts' GEMMs).
-They fall back to the reference (autograd over plain ops) where the fused paths do not apply: a base weight or bias that trains, mixed dtypes, or autocast. ``fused_kernels(False)`` turns
+``bottleneck`` (serial and parallel adapters) and ``scale_shift_linear`` (IA3 and SSF on a frozen linear) are one
+autograd node each (:mod:`.cpu_adapters`). They fall back to the reference (autograd over plain ops) where the fused paths do not apply: a base weight or bias that trains, mixed dtypes, or autocast. ``fused_kernels(False)`` turns
 the fused paths off (benchmarks compare both; a fused path suspected of a bug can be ruled out).
 """
 
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 import torch
 
 from autopeft.kernels import reference
+from autopeft.kernels.cpu_adapters import FusedBottleneck, ScaleShiftLinear
 from autopeft.kernels.cpu_experts import FusedExperts, FusedRoutedExperts
 from autopeft.kernels.cpu_lora import FusedLoRA
 
@@ -92,5 +94,28 @@ def routed_lora_experts(x: torch.Tensor, router_weight: torch.Tensor, lora_A: to
     return FusedRoutedExperts.apply(x, router_weight, lora_A, lora_B, scaling, top_k)
 
 
-__all__ = ["FusedExperts", "FusedLoRA", "FusedRoutedExperts", "fused_kernels", "lora_experts", "lora_linear", "reference",
-           "routed_lora_experts", "triton_available"]
+def bottleneck(x: torch.Tensor, base: torch.Tensor | None, down_w: torch.Tensor, down_b: torch.Tensor,
+               up_w: torch.Tensor, up_b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``base + s (relu(x Dᵀ + b_D) Uᵀ + b_U)``: x (..., C), base (..., out) or None for ``x`` (a serial adapter),
+    D (m, C), U (out, m) -> (..., out). Gradients flow to x, base and the four adapter tensors."""
+    if not _fusable(x, base, down_w, down_b, up_w, up_b):
+        return reference.bottleneck(x, base, down_w, down_b, up_w, up_b, scale)
+    return FusedBottleneck.apply(x, base, down_w, down_b, up_w, up_b, scale)
+
+
+def scale_shift_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       in_scale: torch.Tensor | None, out_scale: torch.Tensor | None,
+                       shift: torch.Tensor | None) -> torch.Tensor:
+    """``((x ⊙ l_in) Wᵀ + b) ⊙ c + β``: x (..., in), W (out, in), l_in (in,), c and β (out,), each vector optional.
+
+    Gradients flow to x and the vectors; a trainable W or b sends the call to the reference path.
+    """
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    if not (frozen and _fusable(x, weight, bias, in_scale, out_scale, shift)):
+        return reference.scale_shift_linear(x, weight, bias, in_scale, out_scale, shift)
+    return ScaleShiftLinear.apply(x, weight, bias, in_scale, out_scale, shift)
+
+
+__all__ = ["FusedBottleneck", "FusedExperts", "FusedLoRA", "FusedRoutedExperts", "ScaleShiftLinear", "bottleneck",
+           "fused_kernels", "lora_experts", "lora_linear", "reference", "routed_lora_experts", "scale_shift_linear",
+           "triton_available"]

@@ -3,6 +3,8 @@
     lora_linear:   y = x Wᵀ + b + s (x Aᵀ) Bᵀ                         W (out, in), A (r, in), B (out, r)
     lora_experts:  y = s Σ_e g_e(x) (x A_eᵀ) B_eᵀ                       A (E, r, in), B (E, out, r), g (N, E)
     routed_lora_experts: the same with g = renormalised top-k of softmax(R x), R (E, in)
+    bottleneck:    y = base + s (relu(x Dᵀ + b_D) Uᵀ + b_U)             serial adapter: base = x, s = 1
+    scale_shift_linear: y = ((x ⊙ l_in) Wᵀ + b) ⊙ c + β                 IA3 (l_in, c) and SSF (c, β)
 
 Autograd differentiates these; the tests compare the fused paths' outputs and gradients with them.
 """
@@ -56,3 +58,20 @@ def lora_experts_loop(x: torch.Tensor, gates: torch.Tensor, lora_A: torch.Tensor
         h = F.linear(x[idx], lora_A[e])  # (n_e, r)
         y = y.index_add(0, idx, F.linear(h, lora_B[e]) * gates[idx, e, None].to(x.dtype))  # (N, out)
     return y * scaling
+
+
+def bottleneck(x: torch.Tensor, base: torch.Tensor | None, down_w: torch.Tensor, down_b: torch.Tensor,
+               up_w: torch.Tensor, up_b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` (..., C) -> (..., out): the adapter branch scaled and added to ``base`` (``x`` itself when None)."""
+    branch = F.linear(torch.relu(F.linear(x, down_w, down_b)), up_w, up_b)  # (..., out)
+    return (x if base is None else base) + scale * branch
+
+
+def scale_shift_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       in_scale: torch.Tensor | None, out_scale: torch.Tensor | None,
+                       shift: torch.Tensor | None) -> torch.Tensor:
+    """``x`` (..., in) -> (..., out): a linear between per-feature input and output scales and an output shift."""
+    y = F.linear(x if in_scale is None else x * in_scale, weight, bias)  # (..., out)
+    if out_scale is not None:
+        y = y * out_scale
+    return y if shift is None else y + shift

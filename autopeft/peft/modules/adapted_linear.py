@@ -13,7 +13,9 @@ Several methods may share a site (e.g. LoRA and IA3 on ``v``). They combine in t
     y   = y + s * U(relu(D x_sub))              parallel adapter; x_sub = input of the entry linear (q / up)
 
 Plain LoRA and rsLoRA with nothing on the input side (no Hydra, no IA3 on down) run ``W x + b + s B A x`` as one
-fused kernel (:func:`autopeft.kernels.lora_linear`): one autograd node, no (B, T, out) temporaries.
+fused kernel (:func:`autopeft.kernels.lora_linear`): one autograd node, no (B, T, out) temporaries. Without LoRA,
+experts or Hydra, the linear and its IA3 and SSF vectors are one kernel (:func:`autopeft.kernels.scale_shift_linear`),
+and the serial and parallel adapters are one kernel each (:func:`autopeft.kernels.bottleneck`).
 Everything up to SSF is linear in x except the experts' routing, so :meth:`AdaptedLinear.merge_` folds LoRA (all
 variants), Hydra, IA3 and SSF into one new weight and bias (the experts' B absorb the later output scales).
 An entry linear additionally copies its input into the :class:`Stash` of each parallel adapter that reads it.
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from autopeft.kernels import scale_shift_linear
 
 from autopeft.peft.modules.compacter import Compacter
 from autopeft.peft.modules.hydra import Hydra
@@ -79,6 +83,32 @@ class AdaptedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for stash in self.stashes:
             stash.x = x  # (B, T, in), consumed by the parallel adapter at the sub-layer's exit
+        if self.lora is None and self.experts is None and self.hydra is None:
+            y = self._scale_shift_linear(x)  # (B, T, out): W, IA3 and SSF in one kernel
+        else:
+            y = self._branches(x)
+        if self.serial is not None:
+            y = self.serial(y)
+        if self.compacter is not None:
+            y = self.compacter(y)
+        if self.parallel is not None:
+            y = self.parallel.add_to(y, self.parallel.stash.pop())  # y + s U(relu(D x_sub)), one kernel
+        return y
+
+    def _scale_shift_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """``(W (l_in x) + b) l_out gamma + beta`` with whichever of IA3 and SSF are set (none: the base linear)."""
+        in_scale = None if self.ia3_in is None else self.ia3_in.scale
+        out_scale = None if self.ia3_out is None else self.ia3_out.scale
+        shift = None
+        if self.ssf is not None:
+            out_scale = self.ssf.scale if out_scale is None else out_scale * self.ssf.scale  # (out,): l_out gamma
+            shift = self.ssf.shift
+        if in_scale is None and out_scale is None:
+            return self.base_layer(x)
+        return scale_shift_linear(x, self.base_layer.weight, self.base_layer.bias, in_scale, out_scale, shift)
+
+    def _branches(self, x: torch.Tensor) -> torch.Tensor:
+        """The linear with LoRA, experts or Hydra, then IA3 and SSF on its output, in the order of the module doc."""
         x_w = x if self.hydra is None else self.hydra.sequential(x)
         if self.ia3_in is not None:
             x_w = self.ia3_in(x_w)
@@ -96,12 +126,6 @@ class AdaptedLinear(nn.Module):
             y = self.ia3_out(y)
         if self.ssf is not None:
             y = self.ssf(y)
-        if self.serial is not None:
-            y = self.serial(y)
-        if self.compacter is not None:
-            y = self.compacter(y)
-        if self.parallel is not None:
-            y = y + self.parallel(self.parallel.stash.pop())
         return y
 
     @torch.no_grad()

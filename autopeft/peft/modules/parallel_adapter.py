@@ -4,13 +4,15 @@
 
 He et al. 2022, "Towards a Unified View of Parameter-Efficient Transfer Learning", https://arxiv.org/abs/2110.04366
 (s = 4 is their best scaled parallel adapter). The sub-layer input is caught at the entry linear (``q`` for
-attention, ``up`` for the FFN) in a :class:`Stash` and consumed, then cleared, at the exit linear (``o``/``down``).
+attention, ``up`` for the FFN) in a :class:`Stash` and consumed, then cleared, at the exit linear (``o``/``down``),
+where :meth:`ParallelAdapter.add_to` adds the branch to h as one autograd node (:func:`autopeft.kernels.bottleneck`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from autopeft.kernels import bottleneck
 from autopeft.peft.modules.bottleneck import Bottleneck
 
 PARALLEL_SCALE = 4.0  # He et al. 2022, Table 4
@@ -48,6 +50,10 @@ class ParallelAdapter(Bottleneck):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The branch only, ``s * U(relu(D x))`` (..., out); :class:`AdaptedLinear` adds it to ``h``."""
         return super().forward(x) * self.scale
+
+    def add_to(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``h + s * U(relu(D x))`` (..., out) in one node: h the sub-layer's output, x its input."""
+        return bottleneck(x, h, self.down.weight, self.down.bias, self.up.weight, self.up.bias, self.scale)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:g}"

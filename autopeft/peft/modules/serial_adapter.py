@@ -4,12 +4,14 @@
 
 Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP", https://arxiv.org/abs/1902.00751
 (Pfeiffer et al. 2020 place one per block). It sits before the residual add and the LayerNorm, as Houlsby's does.
+The whole ``h + U(relu(D h))`` runs as one autograd node (:func:`autopeft.kernels.bottleneck`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from autopeft.kernels import bottleneck
 from autopeft.peft.modules.bottleneck import Bottleneck
 
 
@@ -18,7 +20,7 @@ class SerialAdapter(Bottleneck):
         super().__init__(features, size, features, generator)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + super().forward(h)  # (..., C)
+        return bottleneck(h, None, self.down.weight, self.down.bias, self.up.weight, self.up.bias, 1.0)  # (..., C)
 
 
 def inject(ctx, spec) -> None:
