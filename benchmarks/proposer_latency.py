@@ -142,12 +142,14 @@ def part_latency(args, space, evaluator) -> None:
                 if estimate > args.cell_seconds:
                     notes.append(f"{name} at {n}: skipped, a batch would take about {estimate:.0f} s "
                                  f"({t0:.1f} s at {n0}, x (N ratio)^2) > --cell-seconds {args.cell_seconds:.0f}")
+                    print(f"  {notes[-1]}", flush=True)
                     continue
             times, note = latency_cell(name, n, args.repeats, args.cell_seconds, space, evaluator)
             medians[name] = statistics.median(times)
             last[name] = (n, medians[name])
             spread = f"{min(times):.2f}-{max(times):.2f}"
             notes.append(f"{name} at {n}: {len(times)} repeat(s), {spread} s" + (f"; {note}" if note else ""))
+            print(f"  {notes[-1]}, median {medians[name]:.2f} s", flush=True)
         row = [f"{medians[s]:.2f}" if s in medians else "skipped" for s in samplers]
         base = medians.get(samplers[0])
         ratios = [f"{medians[s] / base:.1f}x" if s in medians and base else "-" for s in samplers[1:]]
