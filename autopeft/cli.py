@@ -116,6 +116,8 @@ def run(
     startup_trials: int = typer.Option(8, "--startup-trials", min=1, help="Quasi-random trials before the GP proposes."),
     device: str = typer.Option("cpu", "--device", help="Torch device for training, e.g. cpu or cuda:0."),
     pack: int = PackOpt,
+    warm_start: Optional[str] = typer.Option(None, "--warm-start", help="Study (same storage, same --space) whose best plans to queue first, mapped to this model by relative layer depth."),
+    warm_start_top: int = typer.Option(8, "--warm-start-top", min=1, help="How many plans --warm-start queues."),
 ) -> None:
     """Run (or resume) a search and print its Pareto front. With no options: the quickstart."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -136,10 +138,14 @@ def run(
             check_options(fid, device)  # before any worker starts: e.g. fp16 on a CPU
         st, created = prepare_study(space, fid, storage=storage, study_name=study, sampler=sampler)
         check_pack(pack, st.objectives, st.fidelity)
+        seeded = _warm_start(st, warm_start, warm_start_top) if warm_start else []
     except AutopeftError as exc:
         _fail(exc)
     verb = "created" if created else "resuming"
     console.print(f"study [bold]{st.name}[/] ({verb}) in {redact(st.storage.url)}", highlight=False)
+    if warm_start:
+        console.print(f"warm start: queued {len(seeded)} plans of {warm_start} "
+                      f"({', '.join(f'{a}->{b}' for a, b in seeded) or 'all already in this study'})", highlight=False)
     console.print(f"space {st.space.spec.name}: {len(st.space.choices)} parameters, "
                   f"{st.space.cardinality():.3g} configurations · {fid.describe()}", highlight=False)
     if workers == 0:
@@ -179,6 +185,13 @@ def _install_stop_signals(stop) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def _warm_start(st, source: str, top: int) -> list[tuple[int, int]]:
+    from autopeft.study.study import load
+    from autopeft.transfer import warm_start
+
+    return warm_start(st, load(st.storage, source), top)
 
 
 @app.command()
