@@ -118,6 +118,7 @@ def run(
     pack: int = PackOpt,
     warm_start: Optional[str] = typer.Option(None, "--warm-start", help="Study (same storage, same --space) whose best plans to queue first, mapped to this model by relative layer depth."),
     warm_start_top: int = typer.Option(8, "--warm-start-top", min=1, help="How many plans --warm-start queues."),
+    seed_sensitivity: bool = typer.Option(False, "--seed-sensitivity", help="Queue first a few plans on the layers where the frozen model's gradient sensitivity is highest (a zero-cost signal)."),
 ) -> None:
     """Run (or resume) a search and print its Pareto front. With no options: the quickstart."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -143,6 +144,11 @@ def run(
         _fail(exc)
     verb = "created" if created else "resuming"
     console.print(f"study [bold]{st.name}[/] ({verb}) in {redact(st.storage.url)}", highlight=False)
+    if seed_sensitivity:
+        from autopeft.sensitivity import seed_study
+
+        ranking, queued = seed_study(st, device=device)
+        console.print(f"sensitivity seeds: layers by sensitivity {ranking}; queued {len(queued)} plans", highlight=False)
     if warm_start:
         console.print(f"warm start: queued {len(seeded)} plans of {warm_start} "
                       f"({', '.join(f'{a}->{b}' for a, b in seeded) or 'all already in this study'})", highlight=False)

@@ -89,16 +89,25 @@ def warm_start(study: AutopeftStudy, source: AutopeftStudy, top: int = 8) -> lis
     mapped = [(t.number, map_params(source.space, study.space, t.params)) for t in order[:top]]
     for _, params in mapped:
         study.space.decode(params)  # a valid plan of the destination model, or SpaceError before anything is queued
+    numbers = enqueue_new(study, [(params, {WARM_START_ATTR: {"study": source.name, "trial": number}})
+                                  for number, params in mapped])
+    return [(source_number, new) for (source_number, _), new in zip(mapped, numbers) if new is not None]
+
+
+def enqueue_new(study: AutopeftStudy, items: list[tuple[dict[str, int], dict]]) -> list[int | None]:
+    """Queue each (parameters, user attributes) whose parameters no trial of ``study`` has (finished, running or
+    queued); the new trial's number, or None for one skipped."""
     seen = [dict(t.params) for t in study.trials()] + [t.system_attrs.get("fixed_params", {}) for t in
                                                        study.trials((TrialState.WAITING,))]
-    queued = []
-    for number, params in mapped:
+    numbers: list[int | None] = []
+    for params, attrs in items:
         if params in seen:
+            numbers.append(None)
             continue
         seen.append(params)
-        study.study.enqueue_trial(params, user_attrs={WARM_START_ATTR: {"study": source.name, "trial": number}})
-        queued.append((number, study.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[-1].number))
-    return queued
+        study.study.enqueue_trial(params, user_attrs=attrs)
+        numbers.append(study.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[-1].number)
+    return numbers
 
 
-__all__ = ["WARM_START_ATTR", "map_params", "source_layer", "warm_start"]
+__all__ = ["WARM_START_ATTR", "enqueue_new", "map_params", "source_layer", "warm_start"]
