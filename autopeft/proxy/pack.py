@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import time
 from typing import Any, Callable, Sequence
 
@@ -33,6 +34,7 @@ from torch import nn
 from autopeft.errors import AutopeftError
 from autopeft.plan import PeftPlan
 from autopeft.proxy.fidelity import Fidelity
+from autopeft.proxy import cache as fc
 from autopeft.proxy.train import ProxyTrainer, TrialFailed, TrialMetrics, _PeakMemory
 
 #: keyword arguments of a packed module that carry the batch dimension (and are split with the rows)
@@ -45,10 +47,10 @@ class PackError(AutopeftError, ValueError):
     """The worker's ``--pack`` option cannot be used as asked."""
 
 
-#: fidelity options (field: value that means "off") a pack does not apply: each changes what a trial computes in
-#: ways one shared forward cannot give every trial (e.g. the frozen-layer cache's "no dropout below the plan" differs
-#: per plan), so a fidelity that turns one on is refused rather than silently trained otherwise (``autocast`` and ``gradient_checkpointing`` are applied to the pack)
-PACK_UNSUPPORTED_OPTIONS = {"frozen_cache": False, "compile": False}
+#: fidelity options (field: value that means "off") a pack does not apply, so a fidelity that turns one on is refused
+#: rather than silently trained otherwise (the others -- length buckets, frozen-layer cache, autocast, gradient
+#: checkpointing -- apply to the pack as to one trial)
+PACK_UNSUPPORTED_OPTIONS = {"compile": False}
 
 
 def check_pack(k: int, objectives: Sequence[str], fidelity: Fidelity | None = None) -> None:
@@ -77,6 +79,10 @@ class RowSplit(nn.Module):
     def __init__(self, modules: Sequence[nn.Module]):
         super().__init__()
         self.parts = nn.ModuleList(modules)
+        inner = modules[0].block if isinstance(modules[0], FrozenView) else modules[0]
+        # Names of the positional parameters, so a batched argument passed by position (a BERT block's mask) is split.
+        params = list(inspect.signature(inner.forward).parameters.values())
+        self._positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         k = len(self.parts)
@@ -87,7 +93,8 @@ class RowSplit(nn.Module):
                 return value.chunk(k, dim=0)
             return [value] * k
 
-        arg_parts = [split(a) if i == 0 else [a] * k for i, a in enumerate(args)]
+        names = self._positional + [""] * max(0, len(args) - len(self._positional))
+        arg_parts = [split(a) if i == 0 or names[i] in _BATCHED_KWARGS else [a] * k for i, a in enumerate(args)]
         kw_parts = {n: split(v) if n in _BATCHED_KWARGS else [v] * k for n, v in kwargs.items()}
         outs = [part(*[a[i] for a in arg_parts], **{n: v[i] for n, v in kw_parts.items()})
                 for i, part in enumerate(self.parts)]
@@ -102,6 +109,38 @@ def _concat(outs: list[Any], block: int) -> Any:
     if isinstance(first, tuple):
         return tuple(_concat([o[i] for o in outs], block) for i in range(len(first)))
     return first
+
+
+class FrozenView(nn.Module):
+    """A trial's view of a block below its plan under the frozen-layer cache: the block without dropout, and, for
+    the last such block, zeros at the padding positions it passes on -- what the trial computes alone
+    (:mod:`autopeft.proxy.cache`)."""
+
+    def __init__(self, block: nn.Module, mask: "_Mask", pad: bool):
+        super().__init__()
+        self.block = block
+        self.mask = mask
+        self.pad = pad
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        was = self.block.training
+        self.block.eval()
+        try:
+            out = self.block(*args, **kwargs)
+        finally:
+            self.block.train(was)
+        if not self.pad:
+            return out
+        keep = self.mask.value[..., None]  # (B, T, 1): this trial's rows are the batch itself
+        if isinstance(out, tuple):
+            return (out[0] * keep.to(out[0].dtype), *out[1:])
+        return out * keep.to(out.dtype)
+
+
+class _Mask:
+    """The running batch's (B, T) attention mask, for the :class:`FrozenView` that zeroes padding."""
+
+    value: torch.Tensor | None = None
 
 
 def _trial_paths(model: nn.Module, shared: set[int]) -> set[str]:
@@ -135,6 +174,7 @@ class PackedTrainer:
         head = {id(p) for p in head_parameters(base)}
         # Frozen tensors every trial shares; the head is trained, so each trial gets its own copy of it.
         self._shared = {id(t): t for t in [*base.parameters(), *base.buffers()] if id(t) not in head}
+        self._mask = _Mask()
 
     def _copy_base(self) -> nn.Module:
         return copy.deepcopy(self.trainer._base, memo=dict(self._shared))
@@ -146,20 +186,43 @@ class PackedTrainer:
         model = apply_plan(self._copy_base(), plan, seed=self.trainer.fidelity.seed)
         return model.to(self.trainer.device)
 
-    def packed_model(self, models: Sequence[nn.Module]) -> nn.Module:
-        """The base once more, with every module a plan changed replaced by a :class:`RowSplit` over ``models``."""
+    def packed_model(self, models: Sequence[nn.Module], start: int | None = None) -> tuple[nn.Module, int]:
+        """The base once more, with every module a plan changed replaced by a :class:`RowSplit` over ``models``,
+        configured with the fidelity's options; and the block it is fed from (0: none).
+
+        Under ``frozen_cache`` the pack is fed from the cache at the lowest of its trials' plans (when it fits), and
+        every block that lies below some trial's plan is split too, that trial's part being a :class:`FrozenView`.
+        ``start`` keeps the block a pack already runs from (when it is rebuilt without a failed trial).
+        """
+        from autopeft.peft.arch import get_arch
         from autopeft.peft.prefix_attention import PREFIX_ATTR, enable_prefix_attention
 
+        tr = self.trainer
+        plans = [m.autopeft_plan for m in models]
+        depths = [tr.frozen_layers(p) for p in plans]  # blocks below each plan that run as if frozen (0: none)
+        lowest = plans[depths.index(min(depths))]
+        start = tr.cached_layers(lowest) if start is None else start
         shared = set(self._shared)
-        paths = _outermost(set().union(*(_trial_paths(m, shared) for m in models)))
-        packed = self._copy_base().to(self.trainer.device)
+        paths = set().union(*(_trial_paths(m, shared) for m in models))
+        packed = self._copy_base().to(tr.device)
+        names = {id(mod): name for name, mod in packed.named_modules()}
+        blocks = [names[id(b)] for b in get_arch(packed).layers(packed)]
+        frozen_blocks = [b for b in range(start, max(depths)) if any(b < d for d in depths)]
+        paths |= {blocks[b] for b in frozen_blocks}
+        for path in _outermost(paths):
+            parts = [m.get_submodule(path) for m in models]
+            if path in blocks and blocks.index(path) in frozen_blocks:
+                b = blocks.index(path)
+                parts = [FrozenView(part, self._mask, pad=b == d - 1) if b < d else part for part, d in zip(parts, depths)]
+            packed.set_submodule(path, RowSplit(parts))
         if hasattr(packed.config, "use_cache"):
             packed.config.use_cache = False  # a key/value cache would be shared by the trials' attentions
-        for path in paths:
-            packed.set_submodule(path, RowSplit([m.get_submodule(path) for m in models]))
         if any(hasattr(m, PREFIX_ATTR) for model in models for m in model.modules()):
             enable_prefix_attention(packed)  # the mask builder must leave room for prefix columns
-        return self.trainer.configure(packed).train()  # the fidelity's options (gradient checkpointing)
+        # The lowest plan stands for the pack where the fidelity's options read a plan: the cache feeds (or, when it
+        # does not fit, padding is zeroed) below it, and the blocks below it run without dropout for every trial.
+        packed.autopeft_plan = lowest
+        return tr.train_mode(tr.configure(packed, start)), start
 
     def run(self, plan: PeftPlan, on_step: Callable[[int, float], None] | None = None) -> TrialMetrics:
         """One plan alone: exactly :meth:`ProxyTrainer.run`."""
@@ -181,8 +244,10 @@ class PackedTrainer:
         f = self.trainer.fidelity
         n = len(live)
         stacked = {name: t.repeat(n, *([1] * (t.dim() - 1))) for name, t in batch.items()}  # (n*B, ...)
+        hidden = stacked.pop(fc.HIDDEN_KEY, None)  # cached states entering the pack's start block, (n*B, T, C)
         out = []
-        with self.trainer.autocast():
+        self._mask.value = batch["attention_mask"]
+        with fc.fed(packed, hidden, stacked["attention_mask"]), self.trainer.autocast():
             logits = packed(**stacked).logits.chunk(n, dim=0)  # n x (B, num_labels)
             for i, t in enumerate(live):
                 loss = F.cross_entropy(logits[i].float(), labels)  # what the model's own loss computes alone
@@ -190,6 +255,7 @@ class PackedTrainer:
                 if aux is not None and f.aux_loss_weight > 0:
                     loss = loss + f.aux_loss_weight * aux
                 out.append(loss.float())
+        self._mask.value = None
         return out
 
     def _run_pack(self, plans: list[PeftPlan], on_step) -> list[TrialMetrics | TrialFailed]:
@@ -202,14 +268,14 @@ class PackedTrainer:
         failed: dict[int, TrialFailed] = {}
         losses: list[list[float]] = [[] for _ in plans]
         step_times: list[list[float]] = [[] for _ in plans]
-        packed = self.packed_model(models)
+        packed, start = self.packed_model(models)
         # fp16: one loss scaler for the pack; each trial's optimizer step is skipped on its own overflow, and the
         # scale drops when any trial overflowed (alone, each trial would keep a scale of its own)
         scaler = torch.amp.GradScaler(tr.device.type) if f.autocast == "fp16" else None
         with _PeakMemory(tr.device) as mem:
             for m in models:
-                m.train()
-            batches = tr.train_batches()
+                tr.train_mode(m)
+            batches = tr.train_batches(start)
             for step in range(f.steps):
                 ts = time.perf_counter()
                 batch = next(batches)
@@ -223,7 +289,8 @@ class PackedTrainer:
                         failed[t] = TrialFailed(f"loss became {loss.item()} at step {step}; the plan diverged at "
                                                 f"lr {f.learning_rate}")
                     live = [t for t in live if t not in failed]
-                    packed = self.packed_model([models[t] for t in live]) if live else packed
+                    if live:  # the same start block: the batch already holds its states
+                        packed = self.packed_model([models[t] for t in live], start)[0]
                 if not live:
                     break
                 for t in live:

@@ -65,9 +65,10 @@ def models(tmp_path_factory):
     return {(kind, p): _tiny(kind, root / f"{kind}-{p}", p) for kind in ("bert", "llama") for p in (0.0, 0.1)}
 
 
-def _trainer(models, kind, task, dropout=0.0, seed=0, **options) -> ProxyTrainer:
+def _trainer(models, kind, task, dropout=0.0, seed=0, cache_mb=None, **options) -> ProxyTrainer:
     return ProxyTrainer(Fidelity(model=models[kind, dropout], task=task, steps=16, batch_size=8, train_examples=96,
-                                 eval_examples=24, max_length=16, learning_rate=1e-2, seed=seed, **options))
+                                 eval_examples=24, max_length=16, learning_rate=1e-2, seed=seed, **options),
+                        cache_mb=cache_mb)
 
 
 @pytest.mark.parametrize("kind, buckets", [("bert", True), ("llama", False)])
@@ -98,6 +99,35 @@ def test_packed_trials_apply_the_fidelity_options(options, models, task):
             assert b.score == a.score
 
 
+def test_packed_trials_equal_solo_trials_with_the_frozen_layer_cache(models, task):
+    """Plans of different depths share one pack fed from the cache at the lowest of them; the blocks between run
+    without dropout for the deeper plans' rows only, with padding zeroed where each plan starts."""
+    trainer = _trainer(models, "bert", task, frozen_cache=True)
+    alone = [trainer.run(p) for p in PLANS]
+    pack = PackedTrainer(trainer, 5)
+    packed, start = pack.packed_model([pack.build_model(p) for p in PLANS])
+    assert [trainer.frozen_layers(p) for p in PLANS] == [0, 1, 0, 1, 2]
+    assert start == 0  # the LoRA plan starts at block 0: nothing below it to feed
+    results = pack.run_many(PLANS)
+    for a, b in zip(alone, results):
+        assert b.score == a.score and b.train_loss == pytest.approx(a.train_loss, rel=1e-5)
+    fed = PackedTrainer(trainer, 2)
+    packed, start = fed.packed_model([fed.build_model(p) for p in (PLANS[1], PLANS[3])])  # both start at block 1
+    assert start == 1
+    for a, b in zip((alone[1], alone[3]), fed.run_many([PLANS[1], PLANS[3]])):
+        assert b.score == a.score and b.train_loss == pytest.approx(a.train_loss, rel=1e-5)
+
+
+def test_a_pack_of_one_with_dropout_and_frozen_blocks_is_the_solo_trial(models, task):
+    """With the cache off (budget 0) the blocks below the plan run in the pack, without dropout, as alone: a pack
+    of one draws the same dropout masks as the solo trial, so the two agree exactly."""
+    trainer = _trainer(models, "bert", task, dropout=0.1, cache_mb=0, frozen_cache=True)
+    plan = PLANS[1]  # modules in block 1 only
+    alone = trainer.run(plan)
+    (packed,) = PackedTrainer(trainer, 1).run_many([plan])
+    assert packed.score == alone.score and packed.train_loss == pytest.approx(alone.train_loss, rel=1e-6)
+
+
 def test_one_copy_of_the_base_weights_and_one_batched_forward(models, task):
     trainer = _trainer(models, "bert", task)
     pack = PackedTrainer(trainer, 3)
@@ -106,7 +136,8 @@ def test_one_copy_of_the_base_weights_and_one_batched_forward(models, task):
     assert frozen[0] == frozen[1] == frozen[2] == {p.data_ptr() for p in trainer._base.bert.parameters()}
     heads = [m.classifier.weight for m in models]
     assert heads[0].data_ptr() != heads[1].data_ptr() and all(h.requires_grad for h in heads)  # each trains its own
-    packed = pack.packed_model(models)
+    packed, start = pack.packed_model(models)
+    assert start == 0  # no frozen-layer cache in this fidelity
     splits = {n: m for n, m in packed.named_modules() if isinstance(m, RowSplit)}
     # every module a plan changed is split by rows; the rest (embeddings, untouched linears, norms) runs once
     assert "classifier" in splits and "bert.encoder.layer.1.output.dense" in splits
@@ -159,6 +190,6 @@ def test_pack_option_is_checked():
     with pytest.raises(PackError, match="--pack: the study optimises step_time.*--pack 1"):
         check_pack(4, ("score", "step_time"))
     check_pack(4, ("score",), Fidelity(length_buckets=True))  # which examples share a batch: the same for all
-    check_pack(4, ("score",), Fidelity(autocast="bf16", gradient_checkpointing=True))  # applied to the pack
-    with pytest.raises(PackError, match=r"--frozen-cache \(True\), --compile \(True\).*--pack 1"):
-        check_pack(2, ("score",), Fidelity(frozen_cache=True, compile=True))
+    check_pack(4, ("score",), Fidelity(autocast="bf16", gradient_checkpointing=True, frozen_cache=True))
+    with pytest.raises(PackError, match=r"--compile \(True\).*--pack 1"):
+        check_pack(2, ("score",), Fidelity(compile=True))
