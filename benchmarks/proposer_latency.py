@@ -43,7 +43,7 @@ import time
 import warnings
 
 SPACE = "full"
-BATCH = 8
+BATCH = 8  # proposals per timed batch; --batch 1 times single proposals (for samplers too slow for a batch)
 SAMPLERS = ("autopeft", "optuna-botorch", "optuna-gp")
 
 
@@ -133,7 +133,7 @@ def latency_cell(name: str, n: int, repeats: int, cell_seconds: float, space, ev
 def part_latency(args, space, evaluator) -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     samplers = args.samplers.split(",")
-    print(f"\n## latency: batch of {BATCH} proposals, wall s / CPU s (medians of repeats; each repeat after 8 new "
+    print(f"\n## latency: batch of {BATCH} proposal(s), wall s / CPU s (medians of repeats; each repeat after {BATCH} new "
           "results)", flush=True)
     last: dict[str, tuple[int, float]] = {}
     rows = []
@@ -228,6 +228,7 @@ def part_quality(args, space, evaluator) -> None:
 
 
 def main() -> None:
+    global BATCH
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="50,200,1000")
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma list; the first is the baseline of "
@@ -244,7 +245,9 @@ def main() -> None:
     parser.add_argument("--quality-batch", type=int, default=4, help="proposals per batch in part 2")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=BATCH, help="proposals per timed batch")
     args = parser.parse_args()
+    BATCH = args.batch
 
     import optuna
     import torch
