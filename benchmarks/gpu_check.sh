@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # GPU check for the fused kernels (issue 7), one prepared run of under 8 minutes on a machine with an NVIDIA GPU:
 #   1. records the card, driver and versions;
-#   2. runs the kernel parity tests on the GPU (tests/kernels: the BLAS and experts paths on CUDA tensors, the Triton
-#      kernels compiled for the card -- not interpreted -- against the plain-torch references, float32 and bf16);
-#   3. runs benchmarks/step_time.py on CUDA in bfloat16 (5 repeats) and keeps its Markdown table.
+#   2. runs the kernel parity tests on the GPU (tests/kernels: the LoRA, experts, adapter and IA3/SSF paths on CUDA
+#      tensors, the Triton LoRA kernels compiled for the card -- not interpreted -- against the plain-torch
+#      references, float32 and bf16);
+#   3. runs benchmarks/step_time.py on CUDA in bfloat16 (5 repeats) and keeps its Markdown tables (whole steps,
+#      the expert layer, one site of each adapter/IA3/SSF kernel against its unfused twin).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        (default: $OUT if set, else ./gpu_check)
 #

@@ -1,7 +1,7 @@
 """Training-step time and memory of LoRA and LoRA experts: autopeft's fused kernels against peft and the bound.
 
     python benchmarks/step_time.py [--repeats 5] [--models minilm llama] [--device cpu|cuda] [--dtype float32|bfloat16]
-                                  [--threads N]
+                                  [--threads N] [--only TEXT ...]
 
 Two randomly initialised models (timing needs no pretrained weights):
 
@@ -272,8 +272,17 @@ class _Clock:
         self.wall, self.cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
 
 
-def bench_model(name: str, repeats: int, device, dtype) -> list[dict]:
-    cfgs = configs(name, device, dtype)
+def _selected(cfgs: list[Config], only: list[str] | None) -> list[Config]:
+    """The configurations whose label contains one of ``only`` (all when None), plus the bound and their peers."""
+    if not only:
+        return cfgs
+    keep = {c.label for c in cfgs if c.kind != "train" or any(o in c.label for o in only)}
+    keep |= {c.peer for c in cfgs if c.label in keep and c.peer}
+    return [c for c in cfgs if c.label in keep]
+
+
+def bench_model(name: str, repeats: int, device, dtype, only: list[str] | None = None) -> list[dict]:
+    cfgs = _selected(configs(name, device, dtype), only)
     models = [c.build() for c in cfgs]
     batch = _batch(name, device)
     times: list[list[float]] = [[] for _ in cfgs]
@@ -389,6 +398,8 @@ def table(rows: list[dict], layer_rows: list[dict], cpu_clock: bool = True) -> s
              lambda mine, r: mine[0]),
             ("one site, forward + backward", "unfused / this", lambda r: not r["label"].startswith("expert layer"),
              lambda mine, r: next(m for m in mine if m["label"] == r["label"].rsplit(": ", 1)[0] + ": unfused"))):
+        if not any(pick(r) for r in layer_rows):
+            continue
         out += ["", f"| model | {title} | s (median) | {ratio} |{cpu_head.format(ratio)}",
                 f"|---|---|---:|---:|{cpu_rule}"]
         for name in dict.fromkeys(r["model"] for r in layer_rows):
@@ -409,6 +420,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                    help="whole-step rows whose label contains TEXT (the frozen rows and each row's peer are kept); "
+                         "skips the layer tables. Default: every row and table")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -420,9 +434,9 @@ def main() -> None:
     rows, layer_rows = [], []
     for name in args.models:
         t0 = time.perf_counter()
-        model_rows = bench_model(name, args.repeats, device, dtype)
-        model_layer_rows = bench_expert_layer(name, args.repeats, device, dtype) + \
-            bench_fused_layers(name, args.repeats, device, dtype)
+        model_rows = bench_model(name, args.repeats, device, dtype, args.only)
+        model_layer_rows = [] if args.only else (bench_expert_layer(name, args.repeats, device, dtype) +
+                                                 bench_fused_layers(name, args.repeats, device, dtype))
         print(f"{name}: {time.perf_counter() - t0:.0f} s\n{table(model_rows, model_layer_rows, cpu_clock)}\n", flush=True)
         rows, layer_rows = rows + model_rows, layer_rows + model_layer_rows
     if len(args.models) > 1:

@@ -10,8 +10,10 @@ calls otherwise (:mod:`.cpu_lora`).
 runs every expert of a layer as one autograd node of two matmuls (:mod:`.cpu_experts`, torch ops on any device);
 ``routed_lora_experts`` adds the top-k softmax router to that node (the router's weight rides the experts' GEMMs).
 ``bottleneck`` (serial and parallel adapters) and ``scale_shift_linear`` (IA3 and SSF on a frozen linear) are one
-autograd node each (:mod:`.cpu_adapters`). They fall back to the reference (autograd over plain ops) where the fused paths do not apply: a base weight or bias that trains, mixed dtypes, or autocast. ``fused_kernels(False)`` turns
-the fused paths off (benchmarks compare both; a fused path suspected of a bug can be ruled out).
+autograd node each (:mod:`.cpu_adapters`). All fall back to the reference (autograd over plain ops) where the fused
+paths do not apply: a base weight or bias that trains, mixed dtypes, or autocast. ``fused_kernels(False)`` turns
+the fused paths off (benchmarks compare both; a fused path suspected of a bug can be ruled out). On CUDA only
+LoRA has Triton kernels; the other paths are torch ops there too. User guide: docs/kernels.md.
 """
 
 from __future__ import annotations
