@@ -1,21 +1,15 @@
 """Several plans trained together (``--pack``) give what each gets alone, on tiny BERT and LLaMA classifiers."""
 
-import csv
-import shutil
-
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 
 from autopeft.plan import ModuleSpec as M
 from autopeft.plan import PeftPlan
 from autopeft.proxy.fidelity import Fidelity
-from autopeft.proxy.models import resolve_model_path
 from autopeft.proxy.pack import PackedTrainer, PackError, RowSplit, check_pack
 from autopeft.proxy.train import ProxyTrainer, TrialFailed
+from tiny_proxy import save_tiny, write_toy_task
 
-VOCAB = 30522  # the packaged MiniLM tokenizer's vocabulary
-WORDS = ["film", "plot", "actor", "scene", "story", "music", "ending", "cast"]
 #: one plan per kind of module site: low-rank, serial/parallel adapter, scales, prefix (attention), experts, none
 PLANS = [
     PeftPlan.from_modules(2, {0: [M("lora", "q", 4), M("lora", "v", 4)]}),
@@ -26,43 +20,15 @@ PLANS = [
 ]
 
 
-def _tiny(kind: str, path, dropout: float) -> str:
-    torch.manual_seed(0)
-    if kind == "bert":
-        cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, num_labels=2, hidden_dropout_prob=dropout,
-                         attention_probs_dropout_prob=dropout)
-        model = BertForSequenceClassification(cfg)
-    else:
-        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, intermediate_size=64, num_labels=2, pad_token_id=0,
-                          attention_dropout=dropout)
-        model = LlamaForSequenceClassification(cfg)
-    model.save_pretrained(path)
-    tok = resolve_model_path("minilm")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(f"{tok}/{name}", path / name)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    """Label 1 iff the text says 'good'; texts of several lengths, so batches carry padding."""
-    path = tmp_path_factory.mktemp("task") / "toy.csv"
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        for i in range(160):
-            label = i % 2
-            words = [WORDS[i % 8], WORDS[(i // 8) % 8], "good" if label else "bad"] + [WORDS[(i * 3) % 8]] * (i % 5)
-            w.writerow([" ".join(words), label])
-    return str(path)
+    return write_toy_task(tmp_path_factory.mktemp("task") / "toy.csv", n=160)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {(kind, p): _tiny(kind, root / f"{kind}-{p}", p) for kind in ("bert", "llama") for p in (0.0, 0.1)}
+    return {(kind, p): save_tiny(kind, root / f"{kind}-{p}", dropout=p) for kind in ("bert", "llama") for p in (0.0, 0.1)}
 
 
 def _trainer(models, kind, task, dropout=0.0, seed=0, cache_mb=None, **options) -> ProxyTrainer:
