@@ -227,6 +227,8 @@ def report(path: Path) -> str:
         o["score"] >= r["score"] and o["trainable_pct"] <= r["trainable_pct"]
         and (o["score"], o["trainable_pct"]) != (r["score"], r["trainable_pct"]) for o in done)]
     front.sort(key=lambda r: -r["score"])
+    front = [r for i, r in enumerate(front)  # a plan recorded twice (a sample equal to a baseline) shows once
+             if (r["score"], r["trainable_pct"]) not in {(o["score"], o["trainable_pct"]) for o in front[:i]}]
     h = table.header
     lines = [f"`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`: {len(table.rows)} plans "
              f"({len(done)} complete, {failed} failed) · {table.fidelity.describe()} · space "

@@ -268,6 +268,12 @@ def plot(summary: dict, path: Path, default: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def compact(res: dict[str, Any]) -> dict[str, Any]:
+    return {**res, "values": [None if v is None else [round(v[0], 6), round(v[1], 6)] for v in res["values"]],
+            "propose_s": [round(x, 4) for x in res["propose_s"]], "replay_s": [round(x, 6) for x in res["replay_s"]],
+            "distance": [round(x, 3) for x in res["distance"]]}
+
+
 def snapshot(path: str, rows: int | None) -> str:
     """A copy of the table's header and first ``rows`` plans (all when None) in a temporary file."""
     import tempfile
@@ -345,8 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     meta["wall_s"] = time.monotonic() - t0
     text = markdown(summary, results, meta, checkpoints, DEFAULT_SAMPLER)
     print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, separators=(",", ":")))
+    if args.json:  # per-trial values and timings of every search, rounded to keep the file small
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": [compact(r) for r in results]},
+                                              separators=(",", ":")))
     if args.plot:
         plot(summary, Path(args.plot), DEFAULT_SAMPLER)
     if args.doc:
