@@ -15,7 +15,7 @@ each time a few trials finish, so this sampler
   Ament et al. 2023) over the *posterior-mean* front of the observed trials (scores are noisy: a lucky observation
   does not set the bar), times the probability of meeting the constraints (the trainable-% budget becomes a
   threshold on that objective's GP); ``acquisition="qlognehvi"`` uses BoTorch's Monte-Carlo qLogNEHVI instead
-  (about a hundred times slower here: see docs/benchmarks.md);
+  (about twenty times slower here: see docs/benchmarks.md);
 * treats RUNNING and queued trials as pending: the GP is conditioned on them as if they had returned the worst
   value seen so far (the "constant liar" of Ginsbourger et al. 2010), so a batch spreads out instead of repeating
   itself, and all proposals of a batch share one fit;
