@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import math
 import os
 import platform
 import random
@@ -226,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pack", type=int, default=4, help="trials per pack in the + pack row")
     ap.add_argument("--noise-seeds", type=int, default=0, help="also run autopeft plain at fidelity seeds 1..K")
     ap.add_argument("--only", nargs="+", choices=ROWS, default=list(ROWS))
+    ap.add_argument("--pick", nargs="+", type=int, default=None, metavar="I",
+                    help="train only these plans of the drawn set (0-based), e.g. to split a run over processes")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                     help="fidelity overrides for a quick smoke run (figures use the quickstart budget)")
     args = ap.parse_args(argv)
@@ -242,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     space = SearchSpace(load_space(str(ROOT / "search_spaces" / "full.yaml")), model_dims(load_config(base.model)),
                         source="full")
     plans, expressible = draw_plans(space, args.plans, args.seed, args.plan_set == "peft")
+    if args.pick is not None:
+        plans = [plans[i] for i in args.pick]
     peft_plans = [p for p in plans if peft_can(p)]
     print(f"{base.describe()} · {len(plans)} plans ({args.plan_set} set, seed {args.seed}); of the first "
           f"{args.plans} plans drawn from full.yaml, peft can express {expressible}", flush=True)
@@ -308,10 +313,10 @@ def report(args, rows, rates, scores, plans, peft_plans, skipped) -> str:
     prev = None
     for name in rows:
         rate = statistics.median(rates[name])
-        sc = [s for s in plan_scores(name) if s == s]
+        sc = [s for s in plan_scores(name) if not math.isnan(s)]
         diff = "-"
         if ref is not None and name != "plain":
-            d = [abs(a - b) for a, b in zip(plan_scores(name), ref) if a == a]
+            d = [abs(a - b) for a, b in zip(plan_scores(name), ref) if not math.isnan(a)]
             diff = f"{max(d):.4f}" if d else "-"
         n = len(peft_plans) if name == "baseline" else len(plans)
         above = f"{rate / prev:.2f}" if prev and not name.startswith("seed") else "-"
