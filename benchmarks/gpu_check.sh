@@ -5,7 +5,9 @@
 #      tensors, the Triton LoRA kernels compiled for the card -- not interpreted -- against the plain-torch
 #      references, float32 and bf16);
 #   3. runs benchmarks/step_time.py on CUDA in bfloat16 (5 repeats) and keeps its Markdown tables (whole steps,
-#      the expert layer, one site of each adapter/IA3/SSF kernel against its unfused twin).
+#      the expert layer, one site of each adapter/IA3/SSF kernel against its unfused twin);
+#   4. runs benchmarks/pack_throughput.py on CUDA with bf16 autocast: 8 plans at the quickstart budget, one at a
+#      time against `--pack 8` (the goal: >= 4x trials per hour).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        (default: $OUT if set, else ./gpu_check)
 #
@@ -30,13 +32,14 @@ step() {  # step NAME LIMIT_S CMD...: run with a time limit, keep stdout+stderr 
 
 unset TRITON_INTERPRET  # compiled kernels on the card
 date -u +"%Y-%m-%dT%H:%M:%SZ" > "$out/summary.txt"
-step card 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-step versions 60 "$py" -c "
+step card 20 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+step versions 40 "$py" -c "
 import torch, triton, transformers, peft
 assert torch.cuda.is_available(), 'torch sees no CUDA device'
 print('card', torch.cuda.get_device_name(), '| torch', torch.__version__, 'cuda', torch.version.cuda,
       '| triton', triton.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
-step parity 180 "$py" -m pytest tests/kernels -q -p no:cacheprovider -rs
-step step_time_bf16 240 "$py" benchmarks/step_time.py --device cuda --dtype bfloat16 --repeats 5
-echo "results in $out/ (summary.txt, card.txt, versions.txt, parity.txt, step_time_bf16.txt)"
+step parity 120 "$py" -m pytest tests/kernels -q -p no:cacheprovider -rs
+step step_time_bf16 180 "$py" benchmarks/step_time.py --device cuda --dtype bfloat16 --repeats 5
+step pack_bf16 120 "$py" benchmarks/pack_throughput.py --device cuda --autocast bf16 --pack 8 --plans 8 --repeats 1
+echo "results in $out/ (summary.txt, card.txt, versions.txt, parity.txt, step_time_bf16.txt, pack_bf16.txt)"
 exit $status

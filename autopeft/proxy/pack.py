@@ -148,8 +148,12 @@ def _trial_paths(model: nn.Module, shared: set[int]) -> set[str]:
     from autopeft.peft.modules import AdaptedLinear
     from autopeft.peft.prefix_attention import PREFIX_ATTR
 
+    from autopeft.peft.inject import SHARED_ATTR
+
     paths = set()
     for name, module in model.named_modules():
+        if SHARED_ATTR in name.split("."):
+            continue  # modules shared by a plan's layers (Compacter's rules): called by those, not by the base
         own = [p for p in module.parameters(recurse=False) if id(p) not in shared]
         if name and (own or isinstance(module, AdaptedLinear) or hasattr(module, PREFIX_ATTR)):
             paths.add(name)

@@ -17,6 +17,7 @@ PLANS = [
     PeftPlan.from_modules(2, {0: [M("prefix", "attn", 3)], 1: [M("lora_experts", "q", 2, num_experts=3, top_k=2)]}),
     PeftPlan.from_modules(2, {1: [M("parallel_adapter", "attn", 4), M("ssf", "o")]}),
     PeftPlan(2),
+    PeftPlan.from_modules(2, {1: [M("compacter", "ffn", 8)]}),  # its rule matrices are shared by the plan's layers
 ]
 
 
@@ -41,7 +42,7 @@ def _trainer(models, kind, task, dropout=0.0, seed=0, cache_mb=None, **options) 
 def test_packed_trials_equal_solo_trials_without_dropout(kind, buckets, models, task):
     trainer = _trainer(models, kind, task, length_buckets=buckets)
     alone = [trainer.run(p) for p in PLANS]
-    packed = PackedTrainer(trainer, 4).run_many(PLANS)  # a pack of 4, then a pack of 1
+    packed = PackedTrainer(trainer, 4).run_many(PLANS)  # a pack of 4, then a pack of 2
     for a, b in zip(alone, packed):
         assert b.score == a.score and b.test_score == a.test_score
         assert b.train_loss == pytest.approx(a.train_loss, rel=1e-5)
@@ -70,9 +71,9 @@ def test_packed_trials_equal_solo_trials_with_the_frozen_layer_cache(models, tas
     without dropout for the deeper plans' rows only, with padding zeroed where each plan starts."""
     trainer = _trainer(models, "bert", task, frozen_cache=True)
     alone = [trainer.run(p) for p in PLANS]
-    pack = PackedTrainer(trainer, 5)
+    pack = PackedTrainer(trainer, 6)
     packed, start = pack.packed_model([pack.build_model(p) for p in PLANS])
-    assert [trainer.frozen_layers(p) for p in PLANS] == [0, 1, 0, 1, 2]
+    assert [trainer.frozen_layers(p) for p in PLANS] == [0, 1, 0, 1, 2, 1]
     assert start == 0  # the LoRA plan starts at block 0: nothing below it to feed
     results = pack.run_many(PLANS)
     for a, b in zip(alone, results):
