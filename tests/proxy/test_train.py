@@ -115,7 +115,7 @@ def test_length_buckets_keep_the_examples_and_cut_padding():
     for start in (0, 50):  # every chunk keeps exactly its examples
         chunk = slice(start, start + 50)
         assert sorted(i for b in bucketed[chunk] for i in b) == sorted(i for b in batches[chunk] for i in b)
-    padded = lambda bs: sum(len(b) * max(lengths[i] for i in b) for b in bs)  # noqa: E731
+    padded = lambda bs: sum(len(b) * max(lengths[i] for i in b) for b in bs)
     assert padded(bucketed) < 0.7 * padded(batches)
     assert bucket_by_length(batches, lengths, seed=0) == bucketed  # seeded
     assert bucket_by_length(batches, lengths, seed=1) != bucketed
