@@ -26,6 +26,7 @@ StorageOpt = typer.Option(None, "--storage", help="SQLAlchemy URL or SQLite file
 StepsOpt = typer.Option(None, "--steps", help="Optimizer steps per trial (quickstart: 120).")
 BatchSizeOpt = typer.Option(None, "--batch-size", help="Examples per step (quickstart: 16).")
 TrainExamplesOpt = typer.Option(None, "--train-examples", help="Training examples drawn (quickstart: 2000).")
+SamplerOpt = typer.Option("botorch", "--sampler", help="botorch (autopeft's multi-objective BO, docs/optimizer.md), random, tpe, nsga2, optuna-botorch or optuna-gp.")
 PackOpt = typer.Option(1, "--pack", min=1, help="Trials trained together on one shared frozen base model (one batched forward per step).")
 EvalExamplesOpt = typer.Option(None, "--eval-examples", help="Validation/test examples scored (quickstart: 600).")
 MaxLengthOpt = typer.Option(None, "--max-length", help="Max tokens per example (quickstart: 64).")
@@ -94,7 +95,7 @@ def run(
     model: Optional[str] = typer.Option(None, "--model", help="minilm (packaged, default), a hub id or a local path."),
     trials: int = typer.Option(12, "--trials", min=1, help="Total COMPLETE trials the study should hold."),
     workers: int = typer.Option(2, "--workers", min=0, help="Worker processes on this machine; 0 creates (or checks) the study for `autopeft propose` and remote workers, and exits."),
-    sampler: str = typer.Option("botorch", "--sampler", help="botorch (qLogNEHVI), random, tpe or nsga2."),
+    sampler: str = SamplerOpt,
     storage: Optional[str] = StorageOpt,
     study: Optional[str] = typer.Option(None, "--study", help="Study name [default: <space>-<task>-<model>]."),
     steps: Optional[int] = StepsOpt,
@@ -250,7 +251,7 @@ def propose(
     queue_depth: Optional[int] = typer.Option(None, "--queue-depth", min=1, help="WAITING trials to keep queued [one per live worker plus one]."),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Most proposals sampled as one pending-aware batch."),
     poll: float = typer.Option(1.0, "--poll", min=0.05, help="Seconds between queue checks."),
-    sampler: str = typer.Option("botorch", "--sampler", help="botorch (qLogNEHVI), random, tpe or nsga2."),
+    sampler: str = SamplerOpt,
     startup_trials: int = typer.Option(8, "--startup-trials", min=1, help="Quasi-random trials before the GP proposes."),
     heartbeat_interval: int = HeartbeatOpt,
     grace_period: int = GraceOpt,
