@@ -13,17 +13,16 @@ more sensitive), with middle sizes; they are queued first, like a warm start, wi
 
 from __future__ import annotations
 
-import re
 from typing import Iterable
 
 import torch
 from torch import nn
 
 from autopeft.space import SearchSpace
+from autopeft.transfer import LAYER_PARAM, enqueue_new
 
 #: User attribute of a queued sensitivity seed.
 SEED_ATTR = "seed"
-_LAYER = re.compile(r"^(.*\blayer\.)(\d+)(\b.*)$")
 
 
 def layer_sensitivity(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, list[str]]:
@@ -87,7 +86,7 @@ def sensitivity_seeds(space: SearchSpace, ranking: list[int]) -> list[dict[str, 
     for top in tops:
         params = dict(base)
         for name, values in space.choices.items():
-            match = _LAYER.match(name)
+            match = LAYER_PARAM.match(name)
             if not match:
                 continue
             layer = int(match[2])
@@ -110,7 +109,6 @@ def seed_study(study, batches: int = 4, device: str = "cpu") -> tuple[list[int],
 
     from autopeft.proxy.fidelity import Fidelity
     from autopeft.proxy.train import ProxyTrainer
-    from autopeft.transfer import enqueue_new
 
     fidelity = Fidelity.build({**study.fidelity.model_dump(), "objective": "proxy", "table": None})
     trainer = ProxyTrainer(fidelity, device)

@@ -30,7 +30,8 @@ from autopeft.study.study import AutopeftStudy
 
 #: User attribute of a queued warm-start trial: where its plan came from.
 WARM_START_ATTR = "warm_start"
-_LAYER = re.compile(r"^(.*\blayer\.)(\d+)(\b.*)$")
+#: a per-layer parameter of a space ("layer.3", "lora.layer.3", "lora_experts.layer.3.experts"): prefix, layer, rest
+LAYER_PARAM = re.compile(r"^(.*\blayer\.)(\d+)(\b.*)$")
 
 
 def source_layer(j: int, n_src: int, n_dst: int) -> int:
@@ -56,7 +57,7 @@ def map_params(src: SearchSpace, dst: SearchSpace, params: Mapping[str, int]) ->
     out: dict[str, int] = {}
     missing = []
     for name, choices in dst.choices.items():
-        match = _LAYER.match(name)
+        match = LAYER_PARAM.match(name)
         src_name = f"{match[1]}{source_layer(int(match[2]), n_src, n_dst)}{match[3]}" if match else name
         if src_name not in src.choices:
             missing.append(src_name)

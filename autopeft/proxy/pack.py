@@ -145,10 +145,9 @@ class _Mask:
 
 def _trial_paths(model: nn.Module, shared: set[int]) -> set[str]:
     """Paths of the modules a plan changed: those holding tensors of their own, or a prefix attention."""
+    from autopeft.peft.inject import SHARED_ATTR
     from autopeft.peft.modules import AdaptedLinear
     from autopeft.peft.prefix_attention import PREFIX_ATTR
-
-    from autopeft.peft.inject import SHARED_ATTR
 
     paths = set()
     for name, module in model.named_modules():
