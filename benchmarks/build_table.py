@@ -18,6 +18,10 @@ the plan itself where the space cannot express it), summary and metrics. A rerun
 be stopped at any time and continued later, also on another machine:
 
     nice -n 19 python benchmarks/build_table.py --plans 400 --workers 1
+
+``--device cuda`` trains on a GPU (``--workers`` processes share it); the header records the device, and a table
+is only continued on the same kind of device, since its cost columns (``wall_time``, ``step_time``) are that
+device's seconds. ``--kernels reference`` trains through the plain-torch paths instead of the fused kernels.
 """
 
 from __future__ import annotations
@@ -111,7 +115,10 @@ def plan_key(plan) -> str:
 
 # --------------------------------------------------------------------------- the file
 def code_version() -> str:
-    """The git commit (with ``-dirty`` for local changes), else the package version."""
+    """``AUTOPEFT_CODE_VERSION`` when set (a copy of the checkout without its git metadata), else the git commit
+    (with ``-dirty`` for local changes), else the installed package's version, else ``unknown``."""
+    if os.environ.get("AUTOPEFT_CODE_VERSION"):
+        return os.environ["AUTOPEFT_CODE_VERSION"]
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
                              timeout=10)
@@ -119,17 +126,29 @@ def code_version() -> str:
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    return "autopeft " + version("autopeft")
+    try:
+        return "autopeft " + version("autopeft")
+    except PackageNotFoundError:  # run from a source tree on PYTHONPATH
+        return "unknown"
 
 
-def make_header(fidelity, spec_yaml: str, dims, seed: int, param_names: list[str]) -> dict[str, Any]:
+def device_name(device: str) -> str:
+    """``cpu``, or ``cuda: <card>``: what the cost columns of a table were measured on."""
+    import torch
+
+    dev = torch.device(device)
+    return f"cuda: {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else dev.type
+
+
+def make_header(fidelity, spec_yaml: str, dims, seed: int, param_names: list[str], device: str = "cpu",
+                kernels: str = "fused") -> dict[str, Any]:
     return {
         "kind": "header", "format": FORMAT_VERSION, "fidelity": fidelity.model_dump(), "space_yaml": spec_yaml,
         "param_names": param_names,
         "dims": {"num_layers": dims.num_layers, "hidden_size": dims.hidden_size, "sites": list(dims.sites)},
-        "plan_seed": seed, "code_version": code_version(), "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "plan_seed": seed, "device": device, "kernels": kernels, "code_version": code_version(), "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": "python benchmarks/build_table.py " + " ".join(sys.argv[1:]),
     }
 
@@ -144,7 +163,9 @@ def read_existing(path: Path, header: dict[str, Any]) -> set[str]:
     old = json.loads(lines[0])
     # Read the stored fidelity through the model, so fields added since the file was made take their defaults.
     old["fidelity"] = Fidelity(**old["fidelity"]).model_dump()
-    for key in ("fidelity", "space_yaml", "dims", "plan_seed"):
+    old.setdefault("device", "cpu")  # tables made before the header named its device were built on CPU
+    old.setdefault("kernels", "fused")
+    for key in ("fidelity", "space_yaml", "dims", "plan_seed", "device", "kernels"):
         if old.get(key) != header[key]:
             sys.exit(f"{path}: made with another {key} ({old.get(key)!r} vs {header[key]!r}); "
                      "pass another --out to start a new table")
@@ -160,10 +181,12 @@ def read_existing(path: Path, header: dict[str, Any]) -> set[str]:
 # --------------------------------------------------------------------------- training
 _TRAINER = None
 _VERSION = ""  # the code version this process loaded (the checkout may move on while it runs)
+_FUSED = True
 
 
-def _init_worker(fidelity_dict: dict[str, Any], threads: int, version: str) -> None:
-    global _TRAINER, _VERSION
+def _init_worker(fidelity_dict: dict[str, Any], threads: int, version: str, device: str = "cpu",
+                 fused: bool = True) -> None:
+    global _TRAINER, _VERSION, _FUSED
     import torch
 
     from autopeft.proxy.fidelity import Fidelity
@@ -172,8 +195,9 @@ def _init_worker(fidelity_dict: dict[str, Any], threads: int, version: str) -> N
 
     torch.set_num_threads(threads)
     quiet_libraries()
-    _TRAINER = ProxyTrainer(Fidelity(**fidelity_dict))
+    _TRAINER = ProxyTrainer(Fidelity(**fidelity_dict), device)
     _VERSION = version
+    _FUSED = fused
 
 
 def _train(job: tuple[str, str, list[int] | None, dict[str, Any]]) -> dict[str, Any]:
@@ -185,8 +209,11 @@ def _train(job: tuple[str, str, list[int] | None, dict[str, Any]]) -> dict[str, 
     # parameters, in the header's param_names order, decode to it, and a row stays a few hundred bytes.
     row: dict[str, Any] = {"id": plan_id, "name": name, "params": params,
                            **({"plan": plan_dict} if params is None else {}), "summary": plan.summary()}
+    from autopeft.kernels import fused_kernels
+
     try:
-        m = _TRAINER.run(plan).to_dict()
+        with fused_kernels(_FUSED):
+            m = _TRAINER.run(plan).to_dict()
         row.update(state="COMPLETE", **{k: m[k] for k in (
             "score", "test_score", "metric", "trainable_params", "module_params", "base_params", "trainable_pct",
             "step_time", "peak_memory", "train_loss", "wall_time")})
@@ -236,7 +263,7 @@ def report(path: Path) -> str:
              f"plan seed {h.get('plan_seed')} · code {h.get('code_version')}",
              "",
              f"Training wall time per plan: median {walls[len(walls) // 2]:.0f} s, min {walls[0]:.0f} s, "
-             f"max {walls[-1]:.0f} s (1 torch thread at nice 19, cores shared with other jobs)." if walls else "",
+             f"max {walls[-1]:.0f} s on {h.get('device', 'cpu')}." if walls else "",
              "",
              "| plan | name | score | test | trainable % | params |",
              "|---|---|---:|---:|---:|---:|"]
@@ -260,6 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the sampled plan set")
     ap.add_argument("--space", default=str(DEFAULT_SPACE))
     ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--device", default="cpu", help="where plans train: cpu or cuda (a GPU the workers share)")
+    ap.add_argument("--kernels", choices=("fused", "reference"), default="fused",
+                    help="fused kernels, or the plain-torch reference paths")
     ap.add_argument("--report", action="store_true", help="print a markdown summary of the table and exit")
     args = ap.parse_args(argv)
     if args.report:
@@ -277,17 +307,19 @@ def main(argv: list[str] | None = None) -> None:
     space = SearchSpace(spec, dims, source=args.space)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    header = make_header(fidelity, canonical_yaml(spec), dims, args.seed, list(space.choices))
+    header = make_header(fidelity, canonical_yaml(spec), dims, args.seed, list(space.choices),
+                         device_name(args.device), args.kernels)
     done = read_existing(out, header)
     todo = [j for j in jobs(space, args.plans, args.seed) if j[0] not in done]
-    print(f"{out}: {len(done)} plans recorded, {len(todo)} to train ({fidelity.describe()})", flush=True)
+    print(f"{out}: {len(done)} plans recorded, {len(todo)} to train ({fidelity.describe()}, on {header['device']}, "
+          f"{args.kernels} kernels)", flush=True)
     if not out.exists() or out.stat().st_size == 0:
         out.write_text(json.dumps(header) + "\n")
     if not todo:
         return
     t0 = time.monotonic()
     ctx = mp.get_context("spawn")
-    init = (fidelity.model_dump(), args.threads, header["code_version"])
+    init = (fidelity.model_dump(), args.threads, header["code_version"], args.device, args.kernels == "fused")
     with ctx.Pool(args.workers, initializer=_init_worker, initargs=init) as pool:
         for k, row in enumerate(pool.imap(_train, todo), 1):
             with out.open("a") as f:  # one line per plan, flushed at once: a kill loses at most the running plans

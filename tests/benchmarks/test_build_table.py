@@ -81,7 +81,7 @@ def test_a_written_table_resumes_and_replays(space, tmp_path, monkeypatch):
     assert mola["params"] is None and PeftPlan.from_dict(mola["plan"]) == plans[todo[6][0]]
 
 
-def test_a_table_of_another_fidelity_or_seed_is_not_continued(space, tmp_path):
+def test_a_table_of_another_fidelity_seed_or_device_is_not_continued(space, tmp_path):
     out = tmp_path / "table.jsonl"
     header = build_table.make_header(Fidelity(), canonical_yaml(space.spec), DIMS, 0, list(space.choices))
     out.write_text(json.dumps(header) + "\n")
@@ -89,3 +89,13 @@ def test_a_table_of_another_fidelity_or_seed_is_not_continued(space, tmp_path):
         build_table.read_existing(out, {**header, "plan_seed": 1})
     with pytest.raises(SystemExit, match="fidelity"):
         build_table.read_existing(out, {**header, "fidelity": Fidelity(steps=300).model_dump()})
+    # cost columns are the device's seconds: a GPU build never continues a CPU table, nor the other way round
+    with pytest.raises(SystemExit, match="device"):
+        build_table.read_existing(out, {**header, "device": "cuda: NVIDIA H200"})
+    with pytest.raises(SystemExit, match="kernels"):
+        build_table.read_existing(out, {**header, "kernels": "reference"})
+    old = {k: v for k, v in header.items() if k not in ("device", "kernels")}  # a header from before these keys
+    out.write_text(json.dumps(old) + "\n")
+    assert build_table.read_existing(out, header) == set()
+    with pytest.raises(SystemExit, match="device"):
+        build_table.read_existing(out, {**header, "device": "cuda: NVIDIA H200"})
