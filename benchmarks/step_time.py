@@ -16,7 +16,8 @@ step) of:
   which any adapter inside the model needs as well -- the floor an adapted step cannot beat;
 * *peft LoRA* and *autopeft LoRA* (r = 8, alpha = 16) on q,v and on every linear of the blocks (peft's
   ``all-linear``, which on BERT also adapts the pooler); *autopeft ... unfused* is the same with
-  ``fused_kernels(False)``;
+  ``fused_kernels(False)``; on CUDA, where the default runs LoRA as plain ops, *autopeft ... Triton* is the same
+  with ``AUTOPEFT_TRITON=1`` (the Triton kernels);
 * *experts*: LoRA experts (8 experts, top-2, r = 8) on q,v, autopeft against the same model whose expert layers
   run :func:`autopeft.kernels.reference.lora_experts_loop` (a Python loop over experts);
 * *serial / parallel adapter* (bottleneck 64 on attention and FFN), *IA3* (k, v, down) and *SSF* (every linear):
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import platform
 import statistics
 import time
@@ -168,6 +170,20 @@ def _gathered_forward(self: LoRAExperts, x: torch.Tensor) -> torch.Tensor:
     return y.view(*x.shape[:-1], -1)
 
 
+@contextlib.contextmanager
+def _triton_lora():
+    """LoRA on CUDA through the Triton kernels (``AUTOPEFT_TRITON=1``) within the block."""
+    before = os.environ.get(kernels.TRITON_ENV)
+    os.environ[kernels.TRITON_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[kernels.TRITON_ENV]
+        else:
+            os.environ[kernels.TRITON_ENV] = before
+
+
 def configs(name: str, device, dtype) -> list[Config]:
     all_sites = ["q", "k", "v", "o", "gate", "up", "down"]
     experts = _ours(name, ["q", "v"], device, dtype, method="lora_experts", num_experts=EXPERTS, top_k=TOP_K)
@@ -181,6 +197,8 @@ def configs(name: str, device, dtype) -> list[Config]:
         Config("autopeft LoRA all-linear", _ours(name, all_sites, device, dtype), peer="peft LoRA all-linear"),
         Config("autopeft LoRA all-linear, unfused", _ours(name, all_sites, device, dtype),
                context=lambda: fused_kernels(False), peer="peft LoRA all-linear"),
+        *([Config("autopeft LoRA all-linear, Triton", _ours(name, all_sites, device, dtype), context=_triton_lora,
+                  peer="peft LoRA all-linear")] if torch.device(device).type == "cuda" else []),
         Config("experts q,v: loop over experts", _looped(experts)),
         Config("experts q,v: autopeft", experts, peer="experts q,v: loop over experts"),
         *_fused_pairs(name, device, dtype),

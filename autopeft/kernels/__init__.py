@@ -2,24 +2,28 @@
 
     lora_linear(x, W, b, A, B, s) = x Wᵀ + b + s (x Aᵀ) Bᵀ
 
-runs as one autograd node: Triton kernels on CUDA when ``triton`` is installed (:mod:`.triton_lora`), fused BLAS
-calls otherwise (:mod:`.cpu_lora`).
+runs as one autograd node of fused BLAS calls on CPU (:mod:`.cpu_lora`). On CUDA it runs the plain ops (cuBLAS
+through autograd) unless ``AUTOPEFT_TRITON=1`` asks for the Triton kernels (:mod:`.triton_lora`): on an H200 in
+bf16 the Triton kernels were 1.22-1.36x slower than the plain ops over a whole step of the proxy-sized models
+(docs/benchmarks.md, "GPU check").
 
     lora_experts(x, g, A, B, s) = s Σ_e g_e (x A_eᵀ) B_eᵀ
 
 runs every expert of a layer as one autograd node of two matmuls (:mod:`.cpu_experts`, torch ops on any device);
 ``routed_lora_experts`` adds the top-k softmax router to that node (the router's weight rides the experts' GEMMs).
 ``bottleneck`` (serial and parallel adapters) and ``scale_shift_linear`` (IA3 and SSF on a frozen linear) are one
-autograd node each (:mod:`.cpu_adapters`). All fall back to the reference (autograd over plain ops) where the fused
-paths do not apply: a base weight or bias that trains, mixed dtypes, or autocast. ``fused_kernels(False)`` turns
-the fused paths off (benchmarks compare both; a fused path suspected of a bug can be ruled out). On CUDA only
-LoRA has Triton kernels; the other paths are torch ops there too. User guide: docs/kernels.md.
+autograd node each (:mod:`.cpu_adapters`) on CPU; on CUDA they too run the plain ops, which measured faster there.
+All fall back to the reference (autograd over plain ops) where the fused paths do not apply: a base weight or bias
+that trains, mixed dtypes, or autocast. ``fused_kernels(False)`` turns
+the fused paths off (benchmarks compare both; a fused path suspected of a bug can be ruled out). User guide:
+docs/kernels.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 
 import torch
@@ -53,6 +57,14 @@ def triton_available() -> bool:
     return True
 
 
+TRITON_ENV = "AUTOPEFT_TRITON"
+
+
+def triton_requested() -> bool:
+    """Whether LoRA on CUDA should run the Triton kernels (``AUTOPEFT_TRITON=1``; off by default, see above)."""
+    return os.environ.get(TRITON_ENV, "") == "1"
+
+
 def _fusable(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
     same_dtype = all(t.dtype == x.dtype for t in others if t is not None)
     return _enabled and same_dtype and not torch.is_autocast_enabled(x.device.type)
@@ -67,7 +79,9 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
     if not (frozen and _fusable(x, weight, bias, lora_A, lora_B)):
         return reference.lora_linear(x, weight, bias, lora_A, lora_B, scaling)
-    if x.is_cuda and triton_available():
+    if x.is_cuda:
+        if not (triton_requested() and triton_available()):
+            return reference.lora_linear(x, weight, bias, lora_A, lora_B, scaling)
         from autopeft.kernels.triton_lora import TritonLoRA
 
         return TritonLoRA.apply(x, weight, bias, lora_A, lora_B, scaling)
@@ -100,7 +114,7 @@ def bottleneck(x: torch.Tensor, base: torch.Tensor | None, down_w: torch.Tensor,
                up_w: torch.Tensor, up_b: torch.Tensor, scale: float) -> torch.Tensor:
     """``base + s (relu(x Dᵀ + b_D) Uᵀ + b_U)``: x (..., C), base (..., out) or None for ``x`` (a serial adapter),
     D (m, C), U (out, m) -> (..., out). Gradients flow to x, base and the four adapter tensors."""
-    if not _fusable(x, base, down_w, down_b, up_w, up_b):
+    if x.is_cuda or not _fusable(x, base, down_w, down_b, up_w, up_b):  # plain ops measured faster on CUDA
         return reference.bottleneck(x, base, down_w, down_b, up_w, up_b, scale)
     return FusedBottleneck.apply(x, base, down_w, down_b, up_w, up_b, scale)
 
@@ -113,11 +127,11 @@ def scale_shift_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     Gradients flow to x and the vectors; a trainable W or b sends the call to the reference path.
     """
     frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
-    if not (frozen and _fusable(x, weight, bias, in_scale, out_scale, shift)):
+    if x.is_cuda or not (frozen and _fusable(x, weight, bias, in_scale, out_scale, shift)):  # as bottleneck()
         return reference.scale_shift_linear(x, weight, bias, in_scale, out_scale, shift)
     return ScaleShiftLinear.apply(x, weight, bias, in_scale, out_scale, shift)
 
 
 __all__ = ["FusedBottleneck", "FusedExperts", "FusedLoRA", "FusedRoutedExperts", "ScaleShiftLinear", "bottleneck",
            "fused_kernels", "lora_experts", "lora_linear", "reference", "routed_lora_experts", "scale_shift_linear",
-           "triton_available"]
+           "triton_available", "triton_requested"]

@@ -194,3 +194,19 @@ def test_adapted_linear_runs_serial_and_parallel_adapters_in_one_kernel():
         exit_.parallel.stash.x = x
         y_ref = exit_(x)
     assert rel_err(y, y_ref) <= F32_TOL
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="the CUDA dispatch needs a CUDA device")
+def test_cuda_runs_adapters_and_scale_shift_as_plain_ops():
+    """On CUDA the plain ops measured faster than these nodes (docs/benchmarks.md, GPU check): the dispatcher
+    skips them there, with the same result."""
+    from autopeft.kernels import bottleneck, scale_shift_linear
+
+    case = bottleneck_case((2, 7), 32, 8, 32, True, seed=40, device="cuda")
+    assert "FusedBottleneckBackward" not in _graph_names(bottleneck(*case).grad_fn)
+    g = torch.Generator().manual_seed(41)
+    x, w, b, scale = (_rand(g, *shape, device="cuda", grad=grad) for shape, grad in
+                      (((3, 16), True), ((8, 16), False), ((8,), False), ((8,), True)))
+    y = scale_shift_linear(x, w, b, None, scale, None)
+    assert "ScaleShiftLinearBackward" not in _graph_names(y.grad_fn)
+    assert rel_err(y, reference.scale_shift_linear(x, w, b, None, scale, None)) <= F32_TOL

@@ -58,10 +58,27 @@ def test_triton_strided_operands(triton_lora):
 
 
 @pytest.mark.skipif(not CUDA, reason="the dispatcher picks Triton for CUDA tensors only")
-def test_dispatcher_uses_triton_on_cuda():
-    from autopeft.kernels import lora_linear, triton_available
+def test_dispatcher_uses_triton_on_cuda_when_asked(monkeypatch):
+    from autopeft.kernels import TRITON_ENV, lora_linear, triton_available
 
     assert triton_available()
     x, w, b, a, bb, s = make_case((2, 5), 64, 64, 8, True, seed=6, device="cuda")
+    # by default CUDA runs the plain ops (measured faster than these kernels on the proxy-sized models)
+    monkeypatch.delenv(TRITON_ENV, raising=False)
+    assert lora_linear(x, w, b, a, bb, s).grad_fn.name() not in ("TritonLoRABackward", "FusedLoRABackward")
+    monkeypatch.setenv(TRITON_ENV, "1")
     assert lora_linear(x, w, b, a, bb, s).grad_fn.name() == "TritonLoRABackward"
     assert os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def test_triton_is_asked_for_by_the_environment_and_only_on_cuda(monkeypatch):
+    from autopeft.kernels import TRITON_ENV, lora_linear, triton_requested
+
+    monkeypatch.delenv(TRITON_ENV, raising=False)
+    assert not triton_requested()
+    for value, want in (("1", True), ("0", False), ("yes", False)):
+        monkeypatch.setenv(TRITON_ENV, value)
+        assert triton_requested() is want
+    monkeypatch.setenv(TRITON_ENV, "1")  # CPU tensors keep the fused BLAS node whatever the setting
+    x, w, b, a, bb, s = make_case((2, 5), 16, 12, 4, True, seed=6)
+    assert lora_linear(x, w, b, a, bb, s).grad_fn.name() == "FusedLoRABackward"
