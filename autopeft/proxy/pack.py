@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import math
 import time
 from typing import Any, Callable, Sequence
 
@@ -285,11 +286,13 @@ class PackedTrainer:
                 labels = batch.pop("labels")
                 while live:
                     step_loss = self._losses(packed, models, live, batch, labels)
-                    bad = [(t, loss) for t, loss in zip(live, step_loss) if not torch.isfinite(loss)]
+                    # every trial's loss in one copy to the host (one device sync per step, not one per trial)
+                    values = torch.stack([loss.detach() for loss in step_loss]).tolist()
+                    bad = [(t, v) for t, v in zip(live, values) if not math.isfinite(v)]
                     if not bad:
                         break
-                    for t, loss in bad:  # fail the diverged trials alone, then redo the step without them
-                        failed[t] = TrialFailed(f"loss became {loss.item()} at step {step}; the plan diverged at "
+                    for t, v in bad:  # fail the diverged trials alone, then redo the step without them
+                        failed[t] = TrialFailed(f"loss became {v} at step {step}; the plan diverged at "
                                                 f"lr {f.learning_rate}")
                     live = [t for t in live if t not in failed]
                     if live:  # the same start block: the batch already holds its states
@@ -309,11 +312,11 @@ class PackedTrainer:
                 if scaler is not None:
                     scaler.update()
                 share = (time.perf_counter() - ts) / len(live)
-                for t, loss in zip(live, step_loss):
-                    losses[t].append(loss.item())
+                for t, v in zip(live, values):
+                    losses[t].append(v)
                     step_times[t].append(share)
                 if on_step is not None:
-                    on_step(step, sum(x.item() for x in step_loss) / len(step_loss))
+                    on_step(step, sum(values) / len(values))
         wall = (time.perf_counter() - t0) / len(plans)  # the pack's wall time, shared out
         results: list[TrialMetrics | TrialFailed] = []
         for t, (plan, model) in enumerate(zip(plans, models)):

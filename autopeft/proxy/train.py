@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import random
 import shutil
@@ -504,8 +505,9 @@ class ProxyTrainer:
                 ts = time.perf_counter()
                 batch = next(batches)
                 loss = self.step_loss(model, batch)
-                if not torch.isfinite(loss):
-                    raise TrialFailed(f"loss became {loss.item()} at step {step}; the plan diverged at lr {f.learning_rate}")
+                value = loss.item()  # the step's one device sync
+                if not math.isfinite(value):
+                    raise TrialFailed(f"loss became {value} at step {step}; the plan diverged at lr {f.learning_rate}")
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:  # fp16: scaled loss, steps skipped on overflow
                     scaler.scale(loss).backward()
@@ -515,7 +517,7 @@ class ProxyTrainer:
                     loss.backward()
                     opt.step()
                 sched.step()
-                losses.append(loss.item())
+                losses.append(value)
                 step_times.append(time.perf_counter() - ts)
                 if on_step is not None:
                     on_step(step, losses[-1])
