@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TABLE = ROOT / "benchmarks" / "data" / "table_rotten_tomatoes_minilm.jsonl"
+DEFAULT_TABLE = ROOT / "benchmarks" / "data" / "table_rotten_tomatoes_minilm_h200.jsonl"  # 305 plans, on an H200
 DEFAULT_DOC = ROOT / "docs" / "benchmarks.md"
 DEFAULT_PLOT = ROOT / "docs" / "search_quality.png"
 DEFAULT_JSON = ROOT / "benchmarks" / "data" / "search_quality.json"
@@ -65,9 +65,16 @@ def replay_setup(table_path: str):
 
 
 def make_named_sampler(name: str, seed: int, space):
-    """The sampler ``autopeft run --sampler name`` would use (``space``: the study's, for samplers that read plans)."""
+    """The sampler ``autopeft run --sampler name`` would use (``space``: the study's, for samplers that read plans),
+    or one of ``benchmarks/proposer_latency.py``'s ablations of the default (``autopeft-linear-costs``, ...)."""
     from autopeft.optimize.samplers import make_sampler
 
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from proposer_latency import ABLATIONS
+    from proposer_latency import make as make_ablation
+
+    if name in ABLATIONS:
+        return make_ablation(name, seed, space)
     return make_sampler(name, seed=seed, n_startup_trials=N_STARTUP, space=space)
 
 
@@ -305,7 +312,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table", default=str(DEFAULT_TABLE))
     ap.add_argument("--samplers", default=f"random,tpe,nsga2,{OPTUNA_GP},{DEFAULT_SAMPLER}",
-                    help="comma list of the names make_sampler knows (autopeft run --sampler)")
+                    help="comma list of the names make_sampler knows (autopeft run --sampler) and of "
+                    "proposer_latency.py's ablations of the default (autopeft-linear-costs, autopeft-per-parameters, "
+                    "autopeft-wide-search, ...)")
     ap.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 per sampler")
     ap.add_argument("--trials", type=int, default=100, help="trials per search")
     ap.add_argument("--slow-trials", type=int, default=None,
