@@ -148,7 +148,8 @@ def make_header(fidelity, spec_yaml: str, dims, seed: int, param_names: list[str
         "kind": "header", "format": FORMAT_VERSION, "fidelity": fidelity.model_dump(), "space_yaml": spec_yaml,
         "param_names": param_names,
         "dims": {"num_layers": dims.num_layers, "hidden_size": dims.hidden_size, "sites": list(dims.sites)},
-        "plan_seed": seed, "device": device, "kernels": kernels, "code_version": code_version(), "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "plan_seed": seed, "device": device, "kernels": kernels, "code_version": code_version(),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": "python benchmarks/build_table.py " + " ".join(sys.argv[1:]),
     }
 
