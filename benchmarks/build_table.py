@@ -19,6 +19,9 @@ be stopped at any time and continued later, also on another machine:
 
     nice -n 19 python benchmarks/build_table.py --plans 400 --workers 1
 
+``--set steps=30 ...`` changes fidelity fields: the same plans at another fidelity, in a file of its own (``--out``),
+for the rank correlation between fidelities (``benchmarks/fidelity_rank.py``).
+
 ``--device cuda`` trains on a GPU (``--workers`` processes share it); the header records the device, and a table
 is only continued on the same kind of device, since its cost columns (``wall_time``, ``step_time``) are that
 device's seconds. ``--kernels reference`` trains through the plain-torch paths instead of the fused kernels.
@@ -280,6 +283,12 @@ def report(path: Path) -> str:
     return "\n".join(lines)
 
 
+def _field_value(text: str) -> str:
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=VALUE (e.g. steps=30)")
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--plans", type=int, default=400, help="sampled plans (the baselines come on top)")
@@ -291,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu", help="where plans train: cpu or cuda (a GPU the workers share)")
     ap.add_argument("--kernels", choices=("fused", "reference"), default="fused",
                     help="fused kernels, or the plain-torch reference paths")
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", type=_field_value,
+                    help="fidelity fields to change, e.g. steps=30 (a lower-fidelity table of the same plans; "
+                    "give it its own --out)")
     ap.add_argument("--report", action="store_true", help="print a markdown summary of the table and exit")
     args = ap.parse_args(argv)
     if args.report:
@@ -302,7 +314,13 @@ def main(argv: list[str] | None = None) -> None:
     from autopeft.space import SearchSpace, load_space
     from autopeft.study.study import canonical_yaml
 
-    fidelity = Fidelity()  # the quickstart fidelity: what `autopeft run` trains with
+    from autopeft.errors import AutopeftError
+
+    overrides = dict(item.split("=", 1) for item in args.set)
+    try:  # the quickstart fidelity (what `autopeft run` trains with), with any --set fields changed
+        fidelity = Fidelity.build({**Fidelity().model_dump(), **overrides})
+    except AutopeftError as exc:
+        sys.exit(f"--set: {exc}")
     spec = load_space(args.space)
     dims = model_dims(load_config(fidelity.model))
     space = SearchSpace(spec, dims, source=args.space)
