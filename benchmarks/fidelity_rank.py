@@ -9,7 +9,9 @@ quickstart fidelity, 120 steps) on the plans both hold and completed. Per table 
 * Kendall's tau-b of the validation scores (ties counted, as many plans share the majority-class score), with its
   p-value: what successive halving relies on when it promotes by the cheap score;
 * how many of the top fidelity's best third are also in the cheap table's best third: of the plans that deserve
-  promotion, those that a promotion of a third by the cheap score (``autopeft promote --fraction 0.33``) carries up.
+  promotion, those that a promotion of a third by the cheap score (``autopeft promote --fraction 0.33``) carries up;
+* the same tau with the cheap table's final training loss (lower is better) in place of its score: a short run
+  leaves many plans at one score (the majority class) while their losses still differ.
 
 A table at the *same* fidelity as ``--top`` but trained on another device gives the ceiling: the agreement of two
 runs of one fidelity, whose scores differ only by numeric noise. Prints a Markdown table.
@@ -27,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TOP = ROOT / "benchmarks" / "data" / "table_rotten_tomatoes_minilm_h200.jsonl"
 
 
-def scores(path: str | Path) -> tuple[dict[str, Any], dict[str, float]]:
-    """(header, plan id -> validation score of its completed row) of a table file (a last line cut short by a
-    build that was stopped is skipped, as the replay objective does)."""
+def scores(path: str | Path, column: str = "score") -> tuple[dict[str, Any], dict[str, float]]:
+    """(header, plan id -> ``column`` of its completed row) of a table file (a last line cut short by a build that
+    was stopped is skipped, as the replay objective does)."""
     lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
     header = json.loads(lines[0]) if lines else {}
     if header.get("kind") != "header":
@@ -41,7 +43,7 @@ def scores(path: str | Path) -> tuple[dict[str, Any], dict[str, float]]:
         except json.JSONDecodeError:
             continue
         if row.get("state") == "COMPLETE":
-            out[row["id"]] = row["score"]
+            out[row["id"]] = row[column]
     return header, out
 
 
@@ -77,13 +79,15 @@ def main(argv: list[str] | None = None) -> None:
             if scores(path)[0].get(key) != top_header.get(key):
                 sys.exit(f"{path}: made with another {key} than {args.top}; its plans are not the same set")
     print(f"Highest fidelity: `{Path(args.top).name}` ({label(top_header)}, {len(top)} plans)\n")
-    print("| table | fidelity | plans in common | Kendall tau-b | p-value | best third kept by a promotion of a third |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| table | fidelity | plans in common | Kendall tau-b | p-value | best third kept by a promotion of a third "
+          "| tau-b of -train loss | its best third kept |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for path in args.tables:
         header, low = scores(path)
         c = compare(low, top)
+        loss = compare({k: -v for k, v in scores(path, "train_loss")[1].items()}, top)
         print(f"| `{Path(path).name}` | {label(header)} | {c['n']} | {c['tau']:.3f} | {c['p']:.2g} | "
-              f"{c['kept']} of {c['of']} |")
+              f"{c['kept']} of {c['of']} | {loss['tau']:.3f} | {loss['kept']} of {loss['of']} |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import fidelity_rank
 def _table(path, scores, steps, seed=0, cut=False):
     header = {"kind": "header", "fidelity": {"steps": steps, "batch_size": 16}, "space_yaml": "name: s",
               "plan_seed": seed, "device": "cpu"}
-    lines = [json.dumps(header)] + [json.dumps({"id": k, "state": "COMPLETE", "score": v}) for k, v in scores.items()]
+    lines = [json.dumps(header)] + [json.dumps({"id": k, "state": "COMPLETE", "score": v, "train_loss": 1 - v})
+                                    for k, v in scores.items()]
     lines.append(json.dumps({"id": "failed", "state": "FAIL", "reason": "nan"}))
     text = "\n".join(lines) + "\n"
     path.write_text(text + ('{"id": "cut", "sta' if cut else ""))
@@ -50,7 +51,8 @@ def test_the_command_reads_tables_skips_cut_lines_and_refuses_another_plan_set(t
     assert fidelity_rank.scores(low)[1] == {k: v / 2 for k, v in scores.items()}
     fidelity_rank.main([str(low), "--top", str(top)])
     out = capsys.readouterr().out
-    assert "| `low.jsonl` | 30 steps x 16 on cpu | 6 | 1.000 |" in out and "2 of 2 |" in out
+    assert "| `low.jsonl` | 30 steps x 16 on cpu | 6 | 1.000 |" in out and "2 of 2 | 1.000 | 2 of 2 |" in out
+    assert fidelity_rank.scores(low, "train_loss")[1]["p0"] == 1.0
     other = _table(tmp_path / "other.jsonl", scores, 30, seed=1)
     with pytest.raises(SystemExit, match="plan_seed"):
         fidelity_rank.main([str(other), "--top", str(top)])
