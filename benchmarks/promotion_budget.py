@@ -30,8 +30,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def rows(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(header, plan id -> completed row) in file order; a last line cut short by a stopped build is skipped."""
+def rows(path: str | Path, code: str | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(header, plan id -> completed row) in file order, only rows trained by ``code`` when given; a last line cut
+    short by a stopped build is skipped."""
     lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
     out: dict[str, dict[str, Any]] = {}
     for line in lines[1:]:
@@ -39,7 +40,7 @@ def rows(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if row.get("state") == "COMPLETE":
+        if row.get("state") == "COMPLETE" and (code is None or row.get("code_version") == code):
             out[row["id"]] = row
     return json.loads(lines[0]), out
 
@@ -84,17 +85,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--low", required=True, help="table at the cheap fidelity")
     ap.add_argument("--high", required=True, help="table at the fidelity the front is reported at")
     ap.add_argument("--fraction", type=float, default=0.33, help="share of the plans promoted (autopeft promote)")
+    ap.add_argument("--high-code", default=None, metavar="VERSION",
+                    help="only the --high rows trained by this code version (a table continued at another time, "
+                    "under another load, has rows whose seconds are not comparable)")
     args = ap.parse_args(argv)
     if not 0 < args.fraction <= 1:
         sys.exit(f"--fraction: {args.fraction} is not in (0, 1]; pass e.g. 0.33 for the best third")
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import search_quality as sq
 
-    (lh, low), (hh, high) = rows(args.low), rows(args.high)
-    if lh.get("device") != hh.get("device"):
+    (lh, low), (hh, high) = rows(args.low), rows(args.high, args.high_code)
+    if lh.get("device", "cpu") != hh.get("device", "cpu"):  # tables from before the header named it: CPU
         sys.exit(f"--low was built on {lh.get('device')!r} and --high on {hh.get('device')!r}: their seconds differ")
     plain, promoted = curves(low, high, args.fraction)
     everything = [high[k] for k in high if k in low]
+    if len(everything) < 2:
+        sys.exit(f"only {len(everything)} plans in both tables{' by code ' + args.high_code if args.high_code else ''}")
     budget = promoted[-1][0]
     print(f"{len(everything)} plans in both tables · low: {lh['fidelity']['steps']} steps, high: "
           f"{hh['fidelity']['steps']} steps, on {hh.get('device', 'cpu')} · promoted: {len(promoted[-1][1])} "

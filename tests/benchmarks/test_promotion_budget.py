@@ -43,5 +43,7 @@ def test_the_command_prints_both_searches_and_refuses_tables_of_two_devices(tmp_
     gpu = _table(tmp_path / "gpu.jsonl", SCORES, 1.0, 120, device="cuda: card")
     with pytest.raises(SystemExit, match="seconds differ"):
         promotion_budget.main(["--low", str(low), "--high", str(gpu)])
+    with pytest.raises(SystemExit, match="only 0 plans in both tables by code v9"):  # no row of that build
+        promotion_budget.main(["--low", str(low), "--high", str(high), "--high-code", "v9"])
     with pytest.raises(SystemExit, match="fraction"):
         promotion_budget.main(["--low", str(low), "--high", str(high), "--fraction", "0"])
