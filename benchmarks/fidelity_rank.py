@@ -20,7 +20,6 @@ runs of one fidelity, whose scores differ only by numeric noise. Prints a Markdo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,21 +29,11 @@ DEFAULT_TOP = ROOT / "benchmarks" / "data" / "table_rotten_tomatoes_minilm_h200.
 
 
 def scores(path: str | Path, column: str = "score") -> tuple[dict[str, Any], dict[str, float]]:
-    """(header, plan id -> ``column`` of its completed row) of a table file (a last line cut short by a build that
-    was stopped is skipped, as the replay objective does)."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-    header = json.loads(lines[0]) if lines else {}
-    if header.get("kind") != "header":
-        sys.exit(f"{path}: not a table of benchmarks/build_table.py (no header line)")
-    out = {}
-    for line in lines[1:]:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("state") == "COMPLETE":
-            out[row["id"]] = row[column]
-    return header, out
+    """(header, plan id -> ``column`` of its completed row) of a table file, read as the replay objective reads it."""
+    from autopeft.proxy.replay import read_table
+
+    header, rows = read_table(path)
+    return header, {r["id"]: r[column] for r in rows if r.get("state") == "COMPLETE"}
 
 
 def compare(low: dict[str, float], top: dict[str, float]) -> dict[str, Any]:

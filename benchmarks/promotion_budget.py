@@ -21,7 +21,6 @@ and this machine, not on a search whose proposals depend on earlier results.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -31,18 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def rows(path: str | Path, code: str | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(header, plan id -> completed row) in file order, only rows trained by ``code`` when given; a last line cut
-    short by a stopped build is skipped."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-    out: dict[str, dict[str, Any]] = {}
-    for line in lines[1:]:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("state") == "COMPLETE" and (code is None or row.get("code_version") == code):
-            out[row["id"]] = row
-    return json.loads(lines[0]), out
+    """(header, plan id -> completed row) in file order, only rows trained by ``code`` when given; read as the
+    replay objective reads a table."""
+    from autopeft.proxy.replay import read_table
+
+    header, all_rows = read_table(path)
+    return header, {r["id"]: r for r in all_rows
+                    if r.get("state") == "COMPLETE" and (code is None or r.get("code_version") == code)}
 
 
 def promotion_order(low: list[dict[str, Any]]) -> list[int]:

@@ -50,6 +50,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from unittest import mock
 
 import torch
 from transformers import (
@@ -170,18 +171,9 @@ def _gathered_forward(self: LoRAExperts, x: torch.Tensor) -> torch.Tensor:
     return y.view(*x.shape[:-1], -1)
 
 
-@contextlib.contextmanager
 def _triton_lora():
     """LoRA on CUDA through the Triton kernels (``AUTOPEFT_TRITON=1``) within the block."""
-    before = os.environ.get(kernels.TRITON_ENV)
-    os.environ[kernels.TRITON_ENV] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[kernels.TRITON_ENV]
-        else:
-            os.environ[kernels.TRITON_ENV] = before
+    return mock.patch.dict(os.environ, {kernels.TRITON_ENV: "1"})
 
 
 def configs(name: str, device, dtype) -> list[Config]:

@@ -125,27 +125,7 @@ class ReplayTable:
 
     @classmethod
     def load(cls, path: str | Path) -> "ReplayTable":
-        p = Path(path)
-        if not p.is_file():
-            raise StudyError(f"--table: {str(path)!r} is not a file; build one with benchmarks/build_table.py "
-                             "or pass the path of an existing table")
-        lines = [line for line in p.read_text().splitlines() if line.strip()]
-        try:
-            header = json.loads(lines[0]) if lines else {}
-            # The last line may be cut short by a build that was killed while writing: it is skipped.
-            rows = []
-            for line in lines[1:]:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        except json.JSONDecodeError as exc:
-            raise StudyError(f"--table: {str(path)!r} is not a replay table (its header is not JSON: {exc})") from None
-        if header.get("kind") != "header" or "fidelity" not in header:
-            raise StudyError(f"--table: {str(path)!r} is not a replay table (no header line with the fidelity); "
-                             "build one with benchmarks/build_table.py")
-        if not rows:
-            raise StudyError(f"--table: {str(path)!r} records no plan yet; let benchmarks/build_table.py run longer")
+        header, rows = read_table(path)
         return cls(header, rows, source=str(path))
 
     @property
@@ -188,6 +168,33 @@ def row_metrics(row: Mapping[str, Any], wall_time: float | None = None) -> Trial
 
 
 _TABLES: dict[tuple[str, float], ReplayTable] = {}
+
+
+def read_table(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(header, rows) of a table file of ``benchmarks/build_table.py``, every row as recorded (failed ones too);
+    raises :class:`StudyError` naming the fix for a missing, header-less or empty file."""
+    p = Path(path)
+    if not p.is_file():
+        raise StudyError(f"--table: {str(path)!r} is not a file; build one with benchmarks/build_table.py "
+                         "or pass the path of an existing table")
+    lines = [line for line in p.read_text().splitlines() if line.strip()]
+    try:
+        header = json.loads(lines[0]) if lines else {}
+        # The last line may be cut short by a build that was killed while writing: it is skipped.
+        rows = []
+        for line in lines[1:]:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    except json.JSONDecodeError as exc:
+        raise StudyError(f"--table: {str(path)!r} is not a replay table (its header is not JSON: {exc})") from None
+    if header.get("kind") != "header" or "fidelity" not in header:
+        raise StudyError(f"--table: {str(path)!r} is not a replay table (no header line with the fidelity); "
+                         "build one with benchmarks/build_table.py")
+    if not rows:
+        raise StudyError(f"--table: {str(path)!r} records no plan yet; let benchmarks/build_table.py run longer")
+    return header, rows
 
 
 def load_table(path: str | Path) -> ReplayTable:
