@@ -30,10 +30,20 @@ DEFAULT_TOP = ROOT / "benchmarks" / "data" / "table_rotten_tomatoes_minilm_h200.
 
 def scores(path: str | Path, column: str = "score") -> tuple[dict[str, Any], dict[str, float]]:
     """(header, plan id -> ``column`` of its completed row) of a table file, read as the replay objective reads it."""
+    header, rows = completed(path)
+    return header, column_of(rows, column)
+
+
+def completed(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(header, the completed rows) of a table file."""
     from autopeft.proxy.replay import read_table
 
     header, rows = read_table(path)
-    return header, {r["id"]: r[column] for r in rows if r.get("state") == "COMPLETE"}
+    return header, [r for r in rows if r.get("state") == "COMPLETE"]
+
+
+def column_of(rows: list[dict[str, Any]], column: str) -> dict[str, float]:
+    return {r["id"]: r[column] for r in rows}
 
 
 def compare(low: dict[str, float], top: dict[str, float]) -> dict[str, Any]:
@@ -63,18 +73,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--top", default=str(DEFAULT_TOP), help="the table of the highest fidelity")
     args = ap.parse_args(argv)
     top_header, top = scores(args.top)
+    tables = {path: completed(path) for path in args.tables}  # each file read once
     for key in ("space_yaml", "plan_seed"):
-        for path in args.tables:
-            if scores(path)[0].get(key) != top_header.get(key):
+        for path, (header, _) in tables.items():
+            if header.get(key) != top_header.get(key):
                 sys.exit(f"{path}: made with another {key} than {args.top}; its plans are not the same set")
     print(f"Highest fidelity: `{Path(args.top).name}` ({label(top_header)}, {len(top)} plans)\n")
     print("| table | fidelity | plans in common | Kendall tau-b | p-value | best third kept by a promotion of a third "
           "| tau-b of -train loss | its best third kept |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for path in args.tables:
-        header, low = scores(path)
-        c = compare(low, top)
-        loss = compare({k: -v for k, v in scores(path, "train_loss")[1].items()}, top)
+    for path, (header, rows) in tables.items():
+        c = compare(column_of(rows, "score"), top)
+        loss = compare({k: -v for k, v in column_of(rows, "train_loss").items()}, top)
         print(f"| `{Path(path).name}` | {label(header)} | {c['n']} | {c['tau']:.3f} | {c['p']:.2g} | "
               f"{c['kept']} of {c['of']} | {loss['tau']:.3f} | {loss['kept']} of {loss['of']} |")
 
