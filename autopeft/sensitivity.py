@@ -101,23 +101,29 @@ def sensitivity_seeds(space: SearchSpace, ranking: list[int]) -> list[dict[str, 
     return seeds
 
 
-def seed_study(study, batches: int = 4, device: str = "cpu") -> tuple[list[int], list[int]]:
-    """Measure the study's base model on ``batches`` training batches of its fidelity and queue the seeds that
-    are not in the study yet. Returns the layer ranking and the queued trial numbers."""
+def measure_ranking(fidelity, batches: int = 4, device: str = "cpu") -> list[int]:
+    """The layer ranking of ``fidelity``'s base model on ``batches`` of its training batches (proxy training's
+    data and model, whatever objective the fidelity names)."""
     import copy
     import itertools
 
     from autopeft.proxy.fidelity import Fidelity
     from autopeft.proxy.train import ProxyTrainer
 
-    fidelity = Fidelity.build({**study.fidelity.model_dump(), "objective": "proxy", "table": None})
+    fidelity = Fidelity.build({**fidelity.model_dump(), "objective": "proxy", "table": None})
     trainer = ProxyTrainer(fidelity, device)
     model = copy.deepcopy(trainer._base).to(trainer.device)
     sens, _ = layer_sensitivity(model, itertools.islice(trainer.train_batches(), batches))
-    ranking = layer_ranking(sens)
+    return layer_ranking(sens)
+
+
+def seed_study(study, batches: int = 4, device: str = "cpu") -> tuple[list[int], list[int]]:
+    """Measure the study's base model on ``batches`` training batches of its fidelity and queue the seeds that
+    are not in the study yet. Returns the layer ranking and the queued trial numbers."""
+    ranking = measure_ranking(study.fidelity, batches, device)
     attrs = {SEED_ATTR: "sensitivity", "layer_ranking": ranking}
     numbers = enqueue_new(study, [(params, attrs) for params in sensitivity_seeds(study.space, ranking)])
     return ranking, [n for n in numbers if n is not None]
 
 
-__all__ = ["SEED_ATTR", "layer_ranking", "layer_sensitivity", "seed_study", "sensitivity_seeds"]
+__all__ = ["SEED_ATTR", "layer_ranking", "layer_sensitivity", "measure_ranking", "seed_study", "sensitivity_seeds"]

@@ -39,6 +39,9 @@ DEFAULT_DOC = ROOT / "docs" / "benchmarks.md"
 DEFAULT_PLOT = ROOT / "docs" / "search_quality.png"
 DEFAULT_JSON = ROOT / "benchmarks" / "data" / "search_quality.json"
 SECTION = "## Search quality (issue 6)"
+#: --replay modes: the section each one writes, and its plot
+REPLAYS = {"nearest": (SECTION, "search_quality.png"),
+           "distinct": ("## Search quality, distinct replay (issue 6)", "search_quality_distinct.png")}
 OPTUNA_GP = "optuna-gp"  # Optuna's native GPSampler
 SLOW = {"optuna-gp", "optuna-botorch"}  # Optuna's GP samplers: seconds per proposal at 50-100 trials
 CHECKPOINTS = (10, 25, 50, 100)
@@ -113,29 +116,42 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> 
 
 
 # --------------------------------------------------------------------------- one search
-def run_search(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
+def run_search(job: tuple[str, int, str, int, int, bool]) -> dict[str, Any]:
     """One search; returns per-trial (score, trainable %) (None for failed trials), proposal seconds and
     replay distances."""
     import optuna
     import torch
 
     from autopeft.proxy.replay import ReplayEvaluator
-    from autopeft.proxy.train import TrialFailed
     from autopeft.study.runner import quiet_libraries
     from autopeft.study.study import enqueue_anchors
 
-    name, seed, table_path, n_trials, threads = job
+    name, seed, table_path, n_trials, threads, distinct = job
     torch.set_num_threads(threads)
     quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     _, space, fidelity = replay_setup(table_path)
-    evaluator = ReplayEvaluator(fidelity)
-    study = optuna.create_study(directions=space.directions, sampler=make_named_sampler(name, seed, space))
+    evaluator = ReplayEvaluator(fidelity, distinct=distinct)
+    sampler_name, _, start = name.partition("+")
+    study = optuna.create_study(directions=space.directions, sampler=make_named_sampler(sampler_name, seed, space))
     study.set_metric_names(space.objectives)
     enqueue_anchors(study, space)
+    if start:
+        enqueue_sensitivity_seeds(study, space, fidelity, start)
+    return {"sampler": name, "seed": seed, **drive(study, space, evaluator, n_trials)}
+
+
+def drive(study, space, evaluator, n_trials: int) -> dict[str, list]:
+    """Ask, replay and tell ``n_trials`` trials of ``study`` (queued ones first, as workers take them): per-trial
+    (score, trainable %) (None for failed trials), proposal and replay seconds, replay distances and the ids of
+    the rows that answered."""
+    import optuna
+
+    from autopeft.proxy.train import TrialFailed
+
     dists = space.distributions()
-    values, propose_s, replay_s, distance = [], [], [], []
+    values, propose_s, replay_s, distance, rows = [], [], [], [], []
     for _ in range(n_trials):
         t0 = time.perf_counter()
         trial = study.ask(fixed_distributions=dists)
@@ -153,8 +169,28 @@ def run_search(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
             study.tell(trial, [m.objective(o) for o in space.objectives])
             values.append((m.score, m.trainable_pct))
         distance.append(evaluator.last_match.distance)
-    return {"sampler": name, "seed": seed, "values": values, "propose_s": propose_s, "replay_s": replay_s,
-            "distance": distance}
+        rows.append(evaluator.last_match.row_id)
+    return {"values": values, "propose_s": propose_s, "replay_s": replay_s, "distance": distance, "rows": rows}
+
+
+#: Starts a sampler name can add after a "+": the sensitivity seeds of ``autopeft run --seed-sensitivity``, or, as
+#: a control, the same seeds built from the reversed ranking (least sensitive layers first).
+STARTS = ("sensitivity", "reversed-sensitivity")
+_RANKINGS: dict[str, list[int]] = {}  # table -> layer ranking, measured once per process
+
+
+def enqueue_sensitivity_seeds(study, space, fidelity, start: str) -> None:
+    """Queue the sensitivity seeds after the head-only anchor, as ``autopeft run --seed-sensitivity`` does; the
+    ranking is measured on the table's model and task (a few seconds) and is deterministic."""
+    from autopeft.sensitivity import SEED_ATTR, measure_ranking, sensitivity_seeds
+
+    if fidelity.table not in _RANKINGS:
+        _RANKINGS[fidelity.table] = measure_ranking(fidelity)
+    ranking = _RANKINGS[fidelity.table]
+    if start == "reversed-sensitivity":
+        ranking = ranking[::-1]
+    for params in sensitivity_seeds(space, ranking):
+        study.enqueue_trial(params, user_attrs={SEED_ATTR: start})
 
 
 def curve(values: list, measure: str, ref: tuple[float, float], full: float) -> list[float]:
@@ -188,7 +224,11 @@ def stats(xs: list[float]) -> tuple[float, float, float, float]:
 
 def markdown(summary: dict, results: list[dict], meta: dict[str, Any], checkpoints: list[int],
              default: str) -> str:
-    lines = [SECTION, "",
+    section, image = REPLAYS[meta["replay"]]
+    how = ("else the nearest one (slot distance, `autopeft/proxy/replay.py`)" if meta["replay"] == "nearest" else
+           "else the nearest one that has not answered this search yet (`--replay distinct`: "
+           "`ReplayEvaluator(distinct=True)`, slot distance, `autopeft/proxy/replay.py`)")
+    lines = [section, "",
              f"`{meta['command']}` · {meta['machine']} · {meta['date']} · table `{meta['table']}`: its first "
              f"{meta['plans']} plans ({meta['complete']} complete), built at {meta['table_fidelity']} by code "
              f"{meta['table_code']} · seeds {meta['seeds']} · space `{meta['space']}` ({meta['n_params']} parameters) · "
@@ -196,7 +236,7 @@ def markdown(summary: dict, results: list[dict], meta: dict[str, Any], checkpoin
              "",
              "Each search starts as `autopeft run` does (head-only anchor, then the sampler with 8 start-up trials) "
              "and is answered from the table by the replay objective (`--objective replay`): the equal recorded plan, "
-             "else the nearest one (slot distance, `autopeft/proxy/replay.py`). Hypervolume of the front of "
+             f"{how}. Hypervolume of the front of "
              "(score up, trainable % down) in % of the table's true front (all its plans); mean ± standard deviation "
              "over seeds, [min-max]. `project`: reference point of `autopeft.optimize.pareto.default_reference_point` "
              "(score 0, 100 % trainable), which the CLI and dashboard report; `log-nadir`: trainable % on a log10 axis, "
@@ -221,8 +261,8 @@ def markdown(summary: dict, results: list[dict], meta: dict[str, Any], checkpoin
             lines.append(f"| {label} | {len(curves)} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["| sampler | trials per run | mean s per proposal | last 10 proposals, s | replay ms (median) "
-              "| exact replays | mean replay distance |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "| exact replays | mean replay distance | recorded plans answering the first 50 trials (mean) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     by: dict[str, list[dict]] = {}
     for r in results:
         by.setdefault(r["sampler"], []).append(r)
@@ -232,20 +272,21 @@ def markdown(summary: dict, results: list[dict], meta: dict[str, Any], checkpoin
         dist = [d for r in rs for d in r["distance"]]
         exact = sum(d == 0 for d in dist) / len(dist)
         replay_ms = 1000 * statistics.median(s for r in rs for s in r["replay_s"])
+        distinct = statistics.mean(len(set(r["rows"][:50])) for r in rs)
         lines.append(f"| {name} | {len(rs[0]['values'])} | {statistics.mean(props):.3f} | {statistics.mean(tail):.3f} "
-                     f"| {replay_ms:.2f} | {100 * exact:.0f} % | {statistics.mean(dist):.2f} |")
-    lines += ["", f"![Hypervolume per trial, mean and min-max over seeds](search_quality.png)", ""]
+                     f"| {replay_ms:.2f} | {100 * exact:.0f} % | {statistics.mean(dist):.2f} | {distinct:.1f} |")
+    lines += ["", f"![Hypervolume per trial, mean and min-max over seeds]({image})", ""]
     return "\n".join(lines)
 
 
-def write_section(doc: Path, text: str) -> None:
+def write_section(doc: Path, text: str, section: str = SECTION) -> None:
     """Replace the section (up to the next ``## `` heading) in ``doc``, or append it."""
     body = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start = body.find(SECTION)
+    start = body.find(section)
     if start < 0:
         body = body.rstrip("\n") + "\n\n\n" + text + "\n"
     else:
-        nxt = body.find("\n## ", start + len(SECTION))
+        nxt = body.find("\n## ", start + len(section))
         body = body[:start] + text + ("\n\n" + body[nxt + 1:] if nxt >= 0 else "\n")
     doc.write_text(body)
 
@@ -314,7 +355,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samplers", default=f"random,tpe,nsga2,{OPTUNA_GP},{DEFAULT_SAMPLER}",
                     help="comma list of the names make_sampler knows (autopeft run --sampler) and of "
                     "proposer_latency.py's ablations of the default (autopeft-linear-costs, autopeft-per-parameters, "
-                    "autopeft-wide-search, ...)")
+                    "autopeft-wide-search, ...), each optionally with a start after a '+': NAME+sensitivity queues "
+                    "the seeds of autopeft run --seed-sensitivity first, NAME+reversed-sensitivity the same seeds "
+                    "from the reversed layer ranking (a control)")
     ap.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 per sampler")
     ap.add_argument("--trials", type=int, default=100, help="trials per search")
     ap.add_argument("--slow-trials", type=int, default=None,
@@ -327,15 +370,22 @@ def main(argv: list[str] | None = None) -> None:
                     help="use the table's first N plans only (a table being built grows at its end: a fixed N "
                     "makes the run repeatable)")
     ap.add_argument("--doc", default=str(DEFAULT_DOC), help="markdown file to write the section into ('' for none)")
-    ap.add_argument("--plot", default=str(DEFAULT_PLOT))
-    ap.add_argument("--json", default=str(DEFAULT_JSON))
+    ap.add_argument("--replay", choices=tuple(REPLAYS), default="nearest",
+                    help="nearest: a plan the table does not record gets the nearest recorded plan's metrics; "
+                    "distinct: the nearest one this search has not been answered with yet (its own section)")
+    ap.add_argument("--plot", default=None, help="PNG path (default: docs/search_quality[_distinct].png; '' for none)")
+    ap.add_argument("--json", default=None, help="per-trial results (default: benchmarks/data/search_quality"
+                    "[_distinct].json; '' for none)")
     args = ap.parse_args(argv)
     names = [s for s in dict.fromkeys(args.samplers.split(",")) if s]
     source = args.table
     args.table = snapshot(source, args.rows)  # every search replays the same rows, whatever the build appends
     table, space, _ = replay_setup(args.table)
     for name in names:
-        make_named_sampler(name, 0, space)  # unknown names fail here, before any search
+        sampler_name, _, start = name.partition("+")
+        make_named_sampler(sampler_name, 0, space)  # unknown names fail here, before any search
+        if start and start not in STARTS:
+            sys.exit(f"--samplers: unknown start {start!r} in {name!r}; choose one of {', '.join(STARTS)}")
     checkpoints = [k for k in CHECKPOINTS if k <= args.trials]
     meta = {"command": "python benchmarks/search_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": machine(), "date": time.strftime("%Y-%m-%d"), "table": os.path.relpath(source, ROOT),
@@ -343,9 +393,12 @@ def main(argv: list[str] | None = None) -> None:
             "table_fidelity": table.fidelity.describe(), "table_code": table.header.get("code_version", "?"),
             "seeds": f"0-{args.seeds - 1}"
             + (f" (optuna-gp, optuna-botorch: 0-{args.slow_seeds - 1})" if args.slow_seeds else ""),
-            "space": space.spec.name, "n_params": len(space.choices), "code": code_version()}
+            "space": space.spec.name, "n_params": len(space.choices), "code": code_version(), "replay": args.replay}
+    suffix = "" if args.replay == "nearest" else f"_{args.replay}"
+    plot_path = str(DEFAULT_PLOT.with_name(f"search_quality{suffix}.png")) if args.plot is None else args.plot
+    json_path = str(DEFAULT_JSON.with_name(f"search_quality{suffix}.json")) if args.json is None else args.json
     jobs = [(name, seed, args.table, args.slow_trials if (name in SLOW and args.slow_trials) else args.trials,
-             args.threads) for seed in range(args.seeds) for name in names
+             args.threads, args.replay == "distinct") for seed in range(args.seeds) for name in names
             if not (name in SLOW and args.slow_seeds is not None and seed >= args.slow_seeds)]
     results = []
     t0 = time.monotonic()
@@ -360,13 +413,13 @@ def main(argv: list[str] | None = None) -> None:
     meta["wall_s"] = time.monotonic() - t0
     text = markdown(summary, results, meta, checkpoints, DEFAULT_SAMPLER)
     print(text)
-    if args.json:  # per-trial values and timings of every search, rounded to keep the file small
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": [compact(r) for r in results]},
+    if json_path:  # per-trial values and timings of every search, rounded to keep the file small
+        Path(json_path).write_text(json.dumps({"meta": meta, "results": [compact(r) for r in results]},
                                               separators=(",", ":")))
-    if args.plot:
-        plot(summary, Path(args.plot), DEFAULT_SAMPLER)
+    if plot_path:
+        plot(summary, Path(plot_path), DEFAULT_SAMPLER)
     if args.doc:
-        write_section(Path(args.doc), text)
+        write_section(Path(args.doc), text, REPLAYS[args.replay][0])
     os.unlink(args.table)  # the snapshot
 
 

@@ -82,6 +82,7 @@ class Match:
 
     row_id: str
     distance: float
+    index: int = -1  # the row's position in the table
 
     @property
     def exact(self) -> bool:
@@ -145,19 +146,21 @@ class ReplayTable:
                 f"asks {asked[k]!r}; drop the flag (a replay study takes the table's fidelity) or use a table "
                 "built at that fidelity")
 
-    def lookup(self, plan: PeftPlan) -> tuple[dict[str, Any], Match]:
-        """The row answering ``plan``: the equal recorded plan, else the nearest (first in table order on ties)."""
+    def lookup(self, plan: PeftPlan, exclude: set[int] | frozenset[int] = frozenset()) -> tuple[dict[str, Any], Match]:
+        """The row answering ``plan``: the equal recorded plan, else the nearest (first in table order on ties)
+        among the rows not in ``exclude`` (row positions; all rows when every one is excluded)."""
         exact = self._by_key.get(plan_key(plan))
         if exact is not None:
-            return self.rows[exact], Match(self.rows[exact]["id"], 0.0)
+            return self.rows[exact], Match(self.rows[exact]["id"], 0.0, exact)
         if plan.num_layers != self.plans[0].num_layers:
             raise StudyError(f"--table: the table {self.source!r} holds {self.plans[0].num_layers}-layer plans, "
                              f"the trial's plan has {plan.num_layers} layers; use a table of this model")
         # A linear scan: a few hundred rows of tens of slots, about a millisecond; no index is worth it here.
         want = slots(plan)
         dists = [slot_distance(want, s) for s in self._slots]
-        best = min(range(len(dists)), key=dists.__getitem__)
-        return self.rows[best], Match(self.rows[best]["id"], dists[best])
+        allowed = [i for i in range(len(dists)) if i not in exclude] or range(len(dists))
+        best = min(allowed, key=dists.__getitem__)
+        return self.rows[best], Match(self.rows[best]["id"], dists[best], best)
 
 
 def row_metrics(row: Mapping[str, Any], wall_time: float | None = None) -> TrialMetrics:
@@ -207,20 +210,30 @@ def load_table(path: str | Path) -> ReplayTable:
 
 
 class ReplayEvaluator:
-    """An evaluator (as workers use) that answers each plan from the fidelity's table."""
+    """An evaluator (as workers use) that answers each plan from the fidelity's table.
 
-    def __init__(self, fidelity: Fidelity):
+    ``distinct=True`` answers a plan the table does not record with the nearest recorded plan *this evaluator has
+    not answered yet* (a recorded plan is still answered by its own row). A real search measures every distinct
+    plan anew; with plain nearest lookups, proposals close to each other, as a local search makes them, get the
+    same recorded answer again and again (``benchmarks/search_quality.py --replay`` compares both).
+    """
+
+    def __init__(self, fidelity: Fidelity, distinct: bool = False):
         if fidelity.objective != "replay" or not fidelity.table:
             raise StudyError("--objective: the replay evaluator needs --objective replay and --table")
         self.fidelity = fidelity
         self.table = load_table(fidelity.table)
         self.table.check_fidelity(fidelity)
         self.last_match: Match | None = None
+        self.distinct = distinct
+        self._answered: set[int] = set()  # rows answered so far (distinct only)
 
     def run(self, plan: PeftPlan) -> TrialMetrics:
         """The recorded metrics of the plan's row (its recorded wall time: the cost the plan took to train)."""
         started = time.monotonic()
-        row, self.last_match = self.table.lookup(plan)
+        row, self.last_match = self.table.lookup(plan, self._answered)
+        if self.distinct:
+            self._answered.add(self.last_match.index)
         if self.fidelity.trial_seconds:
             time.sleep(max(0.0, self.fidelity.trial_seconds - (time.monotonic() - started)))
         if row.get("state", "COMPLETE") != "COMPLETE":

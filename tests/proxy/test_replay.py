@@ -83,6 +83,27 @@ def test_unrecorded_plans_get_the_nearest_recorded_plan(table):
     assert ev.run(prefix_4).score == 0.70 and ev.last_match.row_id == "t2"
 
 
+def test_distinct_replay_answers_each_recorded_plan_once_except_exact_matches(table):
+    ev = ReplayEvaluator(replay(table), distinct=True)
+    near = every_layer(ModuleSpec("parallel_adapter", "ffn", 12), layers=range(L - 1))
+    assert ev.run(near).score == 0.75 and ev.last_match.row_id == "t1"
+    # the same neighbourhood again: t1 is taken, so the next nearest recorded plan answers
+    again = every_layer(ModuleSpec("parallel_adapter", "ffn", 12), layers=range(L - 2))
+    assert ev.last_match.index == 1
+    ev.run(again)
+    assert ev.last_match.row_id != "t1" and ev.last_match.distance > 0
+    # a recorded plan is always answered by its own row, taken or not
+    assert ev.run(PARALLEL_12).score == 0.75 and ev.last_match.row_id == "t1" and ev.last_match.exact
+    # with every row taken, the nearest of all answers
+    for plan in (PeftPlan(L), PREFIX_8):
+        ev.run(plan)
+    with pytest.raises(TrialFailed):  # t3 (recorded as failed) was the only row left
+        ev.run(every_layer(ModuleSpec("serial_adapter", "ffn", 24)))
+    assert ev.run(near).score == 0.75 and ev.last_match.row_id == "t1"
+    plain = ReplayEvaluator(replay(table))  # without distinct, the nearest row answers every time
+    assert [plain.run(p).score for p in (near, again)] == [0.75, 0.75]
+
+
 def test_a_recorded_failure_replays_as_a_failure(table):
     ev = ReplayEvaluator(replay(table))
     with pytest.raises(TrialFailed, match="t3.*nan"):

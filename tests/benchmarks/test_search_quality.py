@@ -1,0 +1,55 @@
+"""benchmarks/search_quality.py: seeded starts and the distinct replay, on a small hand-made table (conftest.py)."""
+
+import json
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import search_quality  # noqa: E402
+
+
+def test_distinct_replay_answers_every_trial_with_another_recorded_plan(tables):
+    _, target = tables
+    job = ("random", 0, str(target), 12, 1, True)
+    distinct = search_quality.run_search(job)
+    assert len(set(distinct["rows"])) >= 11  # only an exact repeat of a recorded plan may come back
+    nearest = search_quality.run_search(job[:-1] + (False,))
+    assert len(nearest["rows"]) == 12 and len(set(nearest["rows"])) < len(set(distinct["rows"]))
+
+
+def test_the_command_writes_the_section_of_its_replay_mode(tables, tmp_path):
+    _, target = tables
+    doc = tmp_path / "bench.md"
+    doc.write_text("# Benchmarks\n\n## Search quality (issue 6)\n\nthe nearest-replay section\n")
+    out = tmp_path / "sq.json"
+    search_quality.main(["--table", str(target), "--samplers", "random,botorch", "--seeds", "1", "--trials", "12",
+                         "--replay", "distinct", "--doc", str(doc), "--plot", "", "--json", str(out)])
+    text = doc.read_text()
+    assert "the nearest-replay section" in text  # the other mode's section is kept
+    assert "## Search quality, distinct replay (issue 6)" in text and "not answered this search yet" in text
+    assert "| botorch (default) | 1 |" in text
+    saved = json.loads(out.read_text())
+    assert saved["meta"]["replay"] == "distinct" and {r["sampler"] for r in saved["results"]} == {"random", "botorch"}
+
+
+def test_a_sensitivity_start_queues_the_seeds_after_the_anchor(tables, monkeypatch):
+    import autopeft.sensitivity as sensitivity
+
+    _, target = tables
+    monkeypatch.setattr(sensitivity, "measure_ranking", lambda fidelity: [5, 4, 3, 2, 1, 0])
+    search_quality._RANKINGS.clear()
+    _, space, fidelity = search_quality.replay_setup(str(target))
+    study = optuna.create_study(directions=space.directions)
+    search_quality.enqueue_sensitivity_seeds(study, space, fidelity, "sensitivity")
+    queued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    expected = sensitivity.sensitivity_seeds(space, [5, 4, 3, 2, 1, 0])
+    assert [t.system_attrs["fixed_params"] for t in queued] == expected
+    reversed_study = optuna.create_study(directions=space.directions)
+    search_quality.enqueue_sensitivity_seeds(reversed_study, space, fidelity, "reversed-sensitivity")
+    assert [t.system_attrs["fixed_params"] for t in reversed_study.get_trials()] == \
+        sensitivity.sensitivity_seeds(space, [0, 1, 2, 3, 4, 5])
+    with pytest.raises(SystemExit, match="unknown start"):
+        search_quality.main(["--table", str(target), "--samplers", "random+nothing", "--doc", "", "--seeds", "1"])
