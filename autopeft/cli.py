@@ -494,7 +494,7 @@ def apply(
             return
         from autopeft.proxy.tasks import load_task
 
-        net, _ = load_classifier(fid.model, len(load_task(fid.task, seed=fid.seed).label_names))
+        net, _ = load_classifier(fid.model, len(load_task(fid.task, seed=fid.seed).label_names), fid.seed)
         from autopeft.export import apply_plan_file
 
         apply_plan_file(net, plan_file, seed=fid.seed)  # with the trained weights when exported beside the plan

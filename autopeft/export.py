@@ -140,7 +140,7 @@ def _model_with_state(study: AutopeftStudy, plan: PeftPlan, state: dict, model_f
         fid = study.fidelity
 
         def model_factory():
-            return load_classifier(fid.model, len(load_task(fid.task, seed=fid.seed).label_names))[0]
+            return load_classifier(fid.model, len(load_task(fid.task, seed=fid.seed).label_names), fid.seed)[0]
 
     model = apply_plan(model_factory(), plan, seed=study.fidelity.seed)
     load_adapter_state_dict(model, state)

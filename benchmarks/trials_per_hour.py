@@ -97,7 +97,7 @@ class PeftBaseline:
         f = self.fidelity = fidelity
         self.space = space
         self.task = load_task(f.task, seed=f.seed)
-        self.base, self.tokenizer = load_classifier(f.model, len(self.task.label_names))
+        self.base, self.tokenizer = load_classifier(f.model, len(self.task.label_names), f.seed)
         train = list(self.task.train)
         random.Random(f.seed).shuffle(train)  # the same training subset as the proxy trainer's
         self.train = self._tokenise(train[: f.train_examples])

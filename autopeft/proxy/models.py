@@ -64,8 +64,13 @@ def load_tokenizer(model: str):
     return tokenizer
 
 
-def load_classifier(model: str, num_labels: int):
-    """(model, tokenizer) for sequence classification with ``num_labels`` classes, in train mode."""
+def load_classifier(model: str, num_labels: int, seed: int = 0):
+    """(model, tokenizer) for sequence classification with ``num_labels`` classes, in train mode.
+
+    A model saved without a classification head (the packaged MiniLM, most hub encoders) gets a new one,
+    initialised from ``seed`` and not from the global random state, so a plan's result depends on the plan and
+    the fidelity only, not on what ran before in the process. The global random state is left as it was."""
+    import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -76,7 +81,9 @@ def load_classifier(model: str, num_labels: int):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
         try:
-            net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
         finally:
             hf_logging.set_verbosity(verbosity)
     except (OSError, ValueError) as exc:

@@ -261,7 +261,7 @@ class ProxyTrainer:
         self.device = torch.device(device)
         self.task = task or load_task(fidelity.task, seed=fidelity.seed)
         self.num_labels = len(self.task.label_names)
-        base, self.tokenizer = load_classifier(fidelity.model, self.num_labels)
+        base, self.tokenizer = load_classifier(fidelity.model, self.num_labels, fidelity.seed)
         self._base = base.eval()
         self.base_params = sum(p.numel() for p in base.parameters())
         rng = random.Random(fidelity.seed)
