@@ -16,6 +16,11 @@ plan the table records. Two reference points:
   every part of the front counts, the cheap end as much as the accurate one.
 
     python benchmarks/search_quality.py --seeds 10 --trials 100 --workers 2
+
+``--replay distinct`` answers a plan the table does not record with the nearest recorded plan that has not
+answered this search yet (each plan answers a search once, as each new plan is a new run in a real search); it
+writes a section of its own. ``NAME+sensitivity`` queues ``autopeft run --seed-sensitivity``'s seeds before the
+sampler ``NAME`` (``NAME+reversed-sensitivity``: the same seeds from the reversed ranking, a control).
 """
 
 from __future__ import annotations
@@ -117,8 +122,8 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> 
 
 # --------------------------------------------------------------------------- one search
 def run_search(job: tuple[str, int, str, int, int, bool]) -> dict[str, Any]:
-    """One search; returns per-trial (score, trainable %) (None for failed trials), proposal seconds and
-    replay distances."""
+    """One search, ``job`` = (sampler name, seed, table, trials, torch threads, distinct replay); returns
+    :func:`drive`'s record of it with the sampler name and seed."""
     import optuna
     import torch
 
