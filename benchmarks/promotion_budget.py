@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| measure | search | CPU-hours | high-fidelity plans trained | hypervolume, % of all plans' front |")
     print("|---|---|---:|---:|---:|")
     for measure in sq.MEASURES:
-        ref = sq.reference(measure, everything)
-        full = sq.hypervolume([sq.to_point(measure, r["score"], r["trainable_pct"]) for r in everything], ref)
+        ref, full = sq.true_front(measure, everything)
 
         def hv(rs: list[dict]) -> float:
             return 100 * sq.hypervolume([sq.to_point(measure, r["score"], r["trainable_pct"]) for r in rs], ref) / full

@@ -98,6 +98,12 @@ def reference(measure: str, rows: list[dict[str, Any]]) -> tuple[float, float]:
     return min(r["score"] for r in rows), -math.log10(max(max(r["trainable_pct"] for r in rows), MIN_PCT))
 
 
+def true_front(measure: str, rows: list[dict[str, Any]]) -> tuple[tuple[float, float], float]:
+    """(reference point, hypervolume of the front of every row) of ``measure``: the 100 % mark of a curve."""
+    ref = reference(measure, rows)
+    return ref, hypervolume([to_point(measure, r["score"], r["trainable_pct"]) for r in rows], ref)
+
+
 #: Floor of trainable % on the log axis (a plan that trains nothing at all would sit at minus infinity).
 MIN_PCT = 1e-6
 
@@ -213,8 +219,7 @@ def summarise(results: list[dict], rows: list[dict], checkpoints: list[int]) -> 
     done = [r for r in rows if r.get("state", "COMPLETE") == "COMPLETE"]
     out: dict[str, Any] = {"measures": {}}
     for measure in MEASURES:
-        ref = reference(measure, done)
-        full = hypervolume([to_point(measure, r["score"], r["trainable_pct"]) for r in done], ref)
+        ref, full = true_front(measure, done)
         per: dict[str, Any] = {}
         for res in results:
             c = curve(res["values"], measure, ref, full)

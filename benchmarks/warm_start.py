@@ -90,8 +90,7 @@ def report(results: list[dict[str, Any]], target_rows: list[dict[str, Any]], tri
              + " | trials to the cold study's final hypervolume (median [min-max]) |",
              "|---|---|" + "---:|" * len(checkpoints) + "---:|"]
     for measure in sq.MEASURES:
-        ref = sq.reference(measure, done)
-        full = sq.hypervolume([sq.to_point(measure, r["score"], r["trainable_pct"]) for r in done], ref)
+        ref, full = sq.true_front(measure, done)
         curves = {name: [sq.curve(r[name], measure, ref, full) for r in results] for name in ("cold", "warm")}
         needed = {name: [reach(c, cold[-1]) for c, cold in zip(curves[name], curves["cold"])]
                   for name in ("cold", "warm")}

@@ -158,7 +158,7 @@ class ReplayTable:
         # A linear scan: a few hundred rows of tens of slots, about a millisecond; no index is worth it here.
         want = slots(plan)
         dists = [slot_distance(want, s) for s in self._slots]
-        allowed = [i for i in range(len(dists)) if i not in exclude] or range(len(dists))
+        allowed = ([i for i in range(len(dists)) if i not in exclude] if exclude else None) or range(len(dists))
         best = min(allowed, key=dists.__getitem__)
         return self.rows[best], Match(self.rows[best]["id"], dists[best], best)
 
