@@ -23,8 +23,12 @@ same plans; the script also counts how many of the first ``--plans`` uncondition
 * *autopeft unfused*: :class:`ProxyTrainer` with autopeft's BLAS kernels off (``fused_kernels(False)``);
 * *autopeft plain*: fused kernels, no length buckets, no cache (what studies made before these options train);
 * *+ buckets*: ``length_buckets``; *+ cache*: ``length_buckets`` and ``frozen_cache``;
-* *+ pack*: :class:`autopeft.proxy.pack.PackedTrainer` with ``--pack`` trials at once, on top of buckets
-  (skipped, with the reason printed, when that module is absent).
+* *+ bf16*: buckets and cache with ``autocast="bf16"`` (on a CPU with AVX512-BF16 or AMX its matmuls run in bf16;
+  the fidelity records it, and scores move by rounding, so compare them against ``--noise-seeds``);
+* *+ pack*: :class:`autopeft.proxy.pack.PackedTrainer` with ``--pack`` trials at once, on top of buckets, cache
+  and bf16 (skipped, with the reason printed, when that module is absent);
+* *baseline-bf16* (a control, outside the chain): the baseline's loop under ``torch.autocast("cpu", bfloat16)``,
+  what a careful user gets from mixed precision alone.
 
 Each row reports trials per hour (plans over the row's wall time, set-up included), the median over
 ``--repeats``, and the same per CPU-hour of the process (user + system time of all its threads: on cores shared
@@ -53,10 +57,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_table's sampler
 
-ROWS = ("baseline", "unfused", "plain", "buckets", "cache", "pack")
+ROWS = ("baseline", "unfused", "plain", "buckets", "cache", "bf16", "pack", "baseline-bf16")
+#: Rows outside the chain of "x row above" and the shares: controls beside it, not steps of it.
+CONTROLS = ("baseline-bf16",)
 LABELS = {"baseline": "baseline: Optuna + peft + plain loop", "unfused": "autopeft, kernels unfused",
           "plain": "autopeft plain", "buckets": "+ length buckets", "cache": "+ frozen-layer cache",
-          "pack": "+ pack"}
+          "pack": "+ pack", "bf16": "+ bf16 autocast",
+          "baseline-bf16": "baseline under bf16 autocast (control)"}
 
 
 # --------------------------------------------------------------------------- plans
@@ -88,7 +95,7 @@ def peft_can(plan) -> bool:
 class PeftBaseline:
     """Optuna + peft + a plain PyTorch loop; model and tokenised data loaded once (per process)."""
 
-    def __init__(self, fidelity, space):
+    def __init__(self, fidelity, space, bf16: bool = False):
         from transformers import DataCollatorWithPadding
 
         from autopeft.proxy.models import load_classifier
@@ -104,6 +111,10 @@ class PeftBaseline:
         self.eval = self._tokenise(self.task.validation[: f.eval_examples])
         self.test = self._tokenise(self.task.test[: f.eval_examples])
         self.collate = DataCollatorWithPadding(self.tokenizer)
+        self.bf16 = bf16
+
+    def autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
     def _tokenise(self, examples) -> list[dict[str, Any]]:
         pairs = [e.text_pair for e in examples]
@@ -142,7 +153,8 @@ class PeftBaseline:
         step, losses = 0, []
         while step < f.steps:
             for batch in loader:
-                loss = model(**batch).loss
+                with self.autocast():
+                    loss = model(**batch).loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -155,7 +167,7 @@ class PeftBaseline:
         model.eval()
         for data in (self.eval, self.test):
             pred = []
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 for batch in DataLoader(data, batch_size=64, collate_fn=self.collate):
                     batch.pop("labels")
                     pred += model(**batch).logits.argmax(-1).tolist()
@@ -258,6 +270,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.only:
         if name == "baseline":
             rows[name] = lambda ps: PeftBaseline(base, space).run([p for p in ps if peft_can(p)])
+        elif name == "baseline-bf16":
+            rows[name] = lambda ps: PeftBaseline(base, space, bf16=True).run([p for p in ps if peft_can(p)])
+        elif name == "bf16":
+            rows[name] = autopeft_row(base.model_copy(update={"length_buckets": True, "frozen_cache": True,
+                                                              "autocast": "bf16"}))
         elif name == "unfused":
             rows[name] = autopeft_row(base, unfused=True)
         elif name == "plain":
@@ -267,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
         elif name == "cache":
             rows[name] = autopeft_row(base.model_copy(update={"length_buckets": True, "frozen_cache": True}))
         elif name == "pack":
-            row = pack_row(base.model_copy(update={"length_buckets": True}), args.pack)
+            row = pack_row(base.model_copy(update={"length_buckets": True, "frozen_cache": True,
+                                                   "autocast": "bf16"}), args.pack)
             if isinstance(row, str):
                 skipped[name] = row
                 print(f"+ pack row skipped: {row}", flush=True)
@@ -281,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     scores: dict[str, list[dict[str, float]]] = {}
     for rep in range(args.repeats):
         for name, run in rows.items():
-            n = len(peft_plans) if name == "baseline" else len(plans)
+            n = len(peft_plans) if name.startswith("baseline") else len(plans)
             t0, c0 = time.perf_counter(), time.process_time()
             results = run(plans)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -299,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
 def report(args, rows, rates, scores, plans, peft_plans, skipped) -> str:
     def plan_scores(name: str) -> list[float]:
         res = scores[name]
-        if name == "baseline":  # only the peft plans: align with the full list
+        if name.startswith("baseline"):  # only the peft plans: align with the full list
             it = iter(res)
             return [next(it)["score"] if peft_can(p) else float("nan") for p in plans]
         return [r["score"] for r in res]
@@ -318,17 +336,18 @@ def report(args, rows, rates, scores, plans, peft_plans, skipped) -> str:
         if ref is not None and name != "plain":
             d = [abs(a - b) for a, b in zip(plan_scores(name), ref) if not math.isnan(a)]
             diff = f"{max(d):.4f}" if d else "-"
-        n = len(peft_plans) if name == "baseline" else len(plans)
-        above = f"{rate / prev:.2f}" if prev and not name.startswith("seed") else "-"
+        n = len(peft_plans) if name.startswith("baseline") else len(plans)
+        control = name.startswith("seed") or name in CONTROLS
+        above = f"{rate / prev:.2f}" if prev and not control else "-"
         lines.append(f"| {LABELS.get(name, 'autopeft plain, ' + name)} | {n} | {rate:.1f} | "
                      f"{rate / base_rate:.2f} | {above} | {statistics.fmean(sc):.4f} | {diff} |"
                      if base_rate else f"| {name} | {n} | {rate:.1f} | - | {above} | {statistics.fmean(sc):.4f} | {diff} |")
-        if not name.startswith("seed"):
+        if not control:
             prev = rate
     for name, why in skipped.items():
         lines.append(f"| {LABELS[name]} | - | skipped: {why} | | | | |")
     # Share of the time per trial saved from the baseline to the last row that each step contributes.
-    chain = [n for n in ROWS if n in rows]
+    chain = [n for n in ROWS if n in rows and n not in CONTROLS]
     if len(chain) > 1:
         secs = {n: 3600 / statistics.median(rates[n]) for n in chain}
         total = secs[chain[0]] - secs[chain[-1]]

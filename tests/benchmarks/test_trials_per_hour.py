@@ -1,0 +1,47 @@
+"""benchmarks/trials_per_hour.py: its rows run the same plans, the bf16 control stands outside the chain."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from autopeft.proxy.fidelity import Fidelity
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import trials_per_hour  # noqa: E402
+
+TINY = ["steps=2", "train_examples=32", "eval_examples=16", "batch_size=8", "max_length=16"]
+
+
+def test_the_baseline_runs_its_loop_under_bf16_autocast_only_when_asked():
+    from autopeft.space import SearchSpace, load_space
+    from autopeft.proxy.models import load_config, model_dims
+
+    f = Fidelity.build(dict(kv.split("=", 1) for kv in TINY))
+    space = SearchSpace(load_space("full"), model_dims(load_config(f.model)))
+    plain, mixed = trials_per_hour.PeftBaseline(f, space), trials_per_hour.PeftBaseline(f, space, bf16=True)
+    with plain.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    with mixed.autocast():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_rows_report_one_table_with_the_control_outside_the_chain(capsys):
+    threads = torch.get_num_threads()
+    try:
+        trials_per_hour.main(["--plans", "2", "--repeats", "1", "--threads", "1",
+                              "--only", "baseline", "buckets", "bf16", "baseline-bf16", "--set", *TINY])
+    finally:
+        torch.set_num_threads(threads)  # main sets the process's thread count
+    out = capsys.readouterr().out
+    table = out.split("the same in trials per CPU-hour")[0]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table.splitlines()
+            if line.startswith("| ") and "---" not in line and not line.startswith("| row ")}
+    assert list(rows) == [trials_per_hour.LABELS[n] for n in ("baseline", "buckets", "bf16", "baseline-bf16")]
+    control = rows[trials_per_hour.LABELS["baseline-bf16"]]
+    assert control[4] == "-"  # no "x row above": it is not a step of the chain
+    assert rows[trials_per_hour.LABELS["bf16"]][4] != "-"
+    for cells in rows.values():
+        assert 0.0 <= float(cells[5]) <= 1.0  # mean score
+    shares = next(line for line in table.splitlines() if line.startswith("share of the seconds"))
+    assert "+ bf16 autocast" in shares and "control" not in shares
