@@ -32,8 +32,9 @@ same plans; the script also counts how many of the first ``--plans`` uncondition
 
 Each row reports trials per hour (plans over the row's wall time, set-up included), the median over
 ``--repeats``, and the same per CPU-hour of the process (user + system time of all its threads: on cores shared
-with other jobs, wall time measures their load as much as ours); its ratio to the baseline and to the row above; the mean validation score and the largest
-per-plan score difference to *autopeft plain*. ``--noise-seeds K`` adds *autopeft plain* at seeds 1..K: the
+with other jobs, wall time measures their load as much as ours); its ratio to the baseline and to the row above; the mean validation score, and the largest
+per-plan differences of validation score and of final training loss to *autopeft plain* (plans that stay at the
+majority class all score alike; their losses still tell rows apart); then every plan's score and loss per row. ``--noise-seeds K`` adds *autopeft plain* at seeds 1..K: the
 seed-to-seed spread of the same plans, the yardstick for "equal within seeded noise".
 """
 
@@ -315,33 +316,35 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def report(args, rows, rates, scores, plans, peft_plans, skipped) -> str:
-    def plan_scores(name: str) -> list[float]:
+    def plan_values(name: str, key: str = "score") -> list[float]:
         res = scores[name]
         if name.startswith("baseline"):  # only the peft plans: align with the full list
             it = iter(res)
-            return [next(it)["score"] if peft_can(p) else float("nan") for p in plans]
-        return [r["score"] for r in res]
+            return [next(it)[key] if peft_can(p) else float("nan") for p in plans]
+        return [r.get(key, float("nan")) for r in res]
 
-    ref = plan_scores("plain") if "plain" in scores else None
+    def max_diff(name: str, key: str) -> str:
+        if "plain" not in scores or name == "plain":
+            return "-"
+        d = [abs(a - b) for a, b in zip(plan_values(name, key), plan_values("plain", key)) if not math.isnan(a)]
+        return f"{max(d):.4f}" if d else "-"
+
     lines = [f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
              f"{torch.__version__}, {args.threads} threads; medians of {args.repeats} repeat(s)\n",
-             "| row | trials | trials/h | x baseline | x row above | mean score | max abs score diff to plain |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| row | trials | trials/h | x baseline | x row above | mean score | max abs score diff to plain "
+             "| max abs train-loss diff to plain |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     base_rate = statistics.median(rates["baseline"]) if rates.get("baseline") else None
     prev = None
     for name in rows:
         rate = statistics.median(rates[name])
-        sc = [s for s in plan_scores(name) if not math.isnan(s)]
-        diff = "-"
-        if ref is not None and name != "plain":
-            d = [abs(a - b) for a, b in zip(plan_scores(name), ref) if not math.isnan(a)]
-            diff = f"{max(d):.4f}" if d else "-"
+        sc = [s for s in plan_values(name) if not math.isnan(s)]
         n = len(peft_plans) if name.startswith("baseline") else len(plans)
         control = name.startswith("seed") or name in CONTROLS
         above = f"{rate / prev:.2f}" if prev and not control else "-"
-        lines.append(f"| {LABELS.get(name, 'autopeft plain, ' + name)} | {n} | {rate:.1f} | "
-                     f"{rate / base_rate:.2f} | {above} | {statistics.fmean(sc):.4f} | {diff} |"
-                     if base_rate else f"| {name} | {n} | {rate:.1f} | - | {above} | {statistics.fmean(sc):.4f} | {diff} |")
+        ratio = f"{rate / base_rate:.2f}" if base_rate else "-"
+        lines.append(f"| {LABELS.get(name, 'autopeft plain, ' + name)} | {n} | {rate:.1f} | {ratio} | {above} | "
+                     f"{statistics.fmean(sc):.4f} | {max_diff(name, 'score')} | {max_diff(name, 'train_loss')} |")
         if not control:
             prev = rate
     for name, why in skipped.items():
@@ -354,6 +357,13 @@ def report(args, rows, rates, scores, plans, peft_plans, skipped) -> str:
         parts = [f"{LABELS[b]}: {100 * (secs[a] - secs[b]) / total:.0f} %" for a, b in zip(chain, chain[1:])]
         lines.append(f"\nshare of the seconds per trial saved from {LABELS[chain[0]]} to {LABELS[chain[-1]]} "
                      f"({secs[chain[0]]:.1f} -> {secs[chain[-1]]:.1f} s): " + "; ".join(parts))
+    # Per plan: validation score / mean training loss of the last 12 steps, every row (the last repeat's).
+    lines += ["\nper plan, validation score / final training loss:\n", "| plan | " + " | ".join(rows) + " |",
+              "|---|" + "---:|" * len(rows)]
+    for i, plan in enumerate(plans):
+        cells = [f"{plan_values(n)[i]:.4f} / {plan_values(n, 'train_loss')[i]:.4f}"
+                 if not math.isnan(plan_values(n)[i]) else "-" for n in rows]
+        lines.append(f"| {plan.summary()} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ import random
 import shutil
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Callable, Iterator, Sequence
 
@@ -218,14 +219,31 @@ def _c_compiler() -> str | None:
     return None
 
 
+def cpu_bf16_native() -> bool | None:
+    """Whether this x86 CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); None where torch cannot tell (other
+    architectures). Without it oneDNN emulates bf16, and ``autocast="bf16"`` is slower than float32."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if not all(probes):
+        return None
+    try:
+        return any(probe() for probe in probes)
+    except RuntimeError:
+        return None
+
+
 def check_options(fidelity: Fidelity, device: str | torch.device) -> None:
-    """Refuse throughput options the device cannot run, naming the flag and the fix (before any worker starts)."""
+    """Refuse throughput options the device cannot run, naming the flag and the fix (before any worker starts);
+    warn about one it runs slowly."""
     dev = torch.device(device)
     if fidelity.autocast == "fp16" and dev.type != "cuda":
         raise StudyError(f"--autocast: fp16 needs a CUDA device, and trials run on {str(dev)!r}; use --autocast bf16 "
                          "(supported on CPU) or --autocast off, or train on a GPU (--device cuda)")
     if fidelity.autocast == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise StudyError("--autocast: this GPU has no bf16 support; use --autocast fp16 or --autocast off")
+    if fidelity.autocast == "bf16" and dev.type == "cpu" and cpu_bf16_native() is False:
+        warnings.warn("--autocast bf16: this CPU has no bf16 matrix instructions (AVX512-BF16 or AMX), so bf16 is "
+                      "emulated and trials run slower than with --autocast off; drop --autocast unless you want "
+                      "bf16 numerics", stacklevel=2)
     if fidelity.compile and dev.type == "cpu" and _c_compiler() is None:
         raise StudyError("--compile: torch.compile on CPU needs a C compiler, and none was found (cc, gcc, clang or "
                          "$CC); install one (e.g. apt-get install gcc) or drop --compile")

@@ -34,7 +34,7 @@ def test_rows_report_one_table_with_the_control_outside_the_chain(capsys):
     finally:
         torch.set_num_threads(threads)  # main sets the process's thread count
     out = capsys.readouterr().out
-    table = out.split("the same in trials per CPU-hour")[0]
+    table = out.split("the same in trials per CPU-hour")[0].split("per plan, validation score")[0]
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table.splitlines()
             if line.startswith("| ") and "---" not in line and not line.startswith("| row ")}
     assert list(rows) == [trials_per_hour.LABELS[n] for n in ("baseline", "buckets", "bf16", "baseline-bf16")]
@@ -45,3 +45,10 @@ def test_rows_report_one_table_with_the_control_outside_the_chain(capsys):
         assert 0.0 <= float(cells[5]) <= 1.0  # mean score
     shares = next(line for line in table.splitlines() if line.startswith("share of the seconds"))
     assert "+ bf16 autocast" in shares and "control" not in shares
+    per_plan = out.split("per plan, validation score / final training loss:")[1].split("the same in")[0]
+    lines = [line for line in per_plan.splitlines() if line.startswith("| ") and "---" not in line]
+    assert lines[0] == "| plan | baseline | buckets | bf16 | baseline-bf16 |" and len(lines) == 3
+    for line in lines[1:]:
+        for cell in line.strip("| ").split(" | ")[1:]:
+            score, loss = (float(v) for v in cell.split(" / "))
+            assert 0.0 <= score <= 1.0 and loss > 0

@@ -2,6 +2,7 @@
 
 import math
 import random
+import warnings
 
 import pytest
 import torch
@@ -155,6 +156,28 @@ def test_options_the_device_cannot_run_are_refused(monkeypatch):
     monkeypatch.setattr(proxy_train, "_c_compiler", lambda: None)
     with pytest.raises(StudyError, match="--compile: .*C compiler.*drop --compile"):
         check_options(Fidelity(compile=True), "cpu")
+
+
+@pytest.mark.parametrize("native", [True, False, None])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_run_with_a_warning(monkeypatch, native):
+    monkeypatch.setattr(proxy_train, "cpu_bf16_native", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_options(Fidelity(autocast="bf16"), "cpu")
+    said = [str(w.message) for w in caught]
+    assert (native is False) == any("--autocast bf16: this CPU has no bf16" in m and "drop --autocast" in m
+                                     for m in said)
+
+
+def test_the_cpu_bf16_probe_answers_from_torch(monkeypatch):
+    assert proxy_train.cpu_bf16_native() in (True, False, None)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert proxy_train.cpu_bf16_native() is True
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert proxy_train.cpu_bf16_native() is False
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert proxy_train.cpu_bf16_native() is None
 
 
 @pytest.mark.slow  # ~40 s on 2 cores: inductor compiles the forward, backward and inference graphs
