@@ -46,6 +46,11 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _note(note: str | None) -> None:
+    if note:
+        err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+
+
 def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -124,7 +129,7 @@ def run(
     """Run (or resume) a search and print its Pareto front. With no options: the quickstart."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from autopeft.proxy.pack import check_pack
+    from autopeft.proxy.pack import check_pack, pack_note
     from autopeft.study.runner import prepare_study, run_study
     from autopeft.study.storage import redact
 
@@ -140,6 +145,7 @@ def run(
             check_options(fid, device)  # before any worker starts: e.g. fp16 on a CPU
         st, created = prepare_study(space, fid, storage=storage, study_name=study, sampler=sampler)
         check_pack(pack, st.objectives, st.fidelity)
+        _note(pack_note(pack, device))
         seeded = _warm_start(st, warm_start, warm_start_top) if warm_start else []
     except AutopeftError as exc:
         _fail(exc)
@@ -231,6 +237,9 @@ def worker(
             if not torch.cuda.is_available():
                 raise AutopeftError(f"--device: {device!r} asked, but torch sees no CUDA device; use --device cpu "
                                     "or install a CUDA build of torch")
+        from autopeft.proxy.pack import pack_note
+
+        _note(pack_note(pack, device))
         stats = worker_main(WorkerSpec(storage_url(storage), study, sampler=sampler, n_trials=trials,
                                        max_trials=max_trials, device=device, threads=threads,
                                        idle_timeout=idle_timeout, heartbeat_interval=heartbeat_interval,
@@ -463,7 +472,7 @@ def export(
     except AutopeftError as exc:
         _fail(exc)
     for note in result.notes:
-        err_console.print(f"note: {note}", highlight=False, markup=False)
+        _note(note)
     m = chosen.user_attrs.get("metrics", {})
     console.print(f"wrote {', '.join(map(str, result.paths))} ({result.format}): trial {chosen.number}, "
                   f"score {m.get('score', float('nan')):.4f}, "

@@ -56,7 +56,9 @@ def test_run_resume_show_export_apply(tmp_path):
     queued = cli("propose", "--study", "s1", "--n", "1", "--sampler", "random", *store).stdout
     number = int(queued.split("queued trial ")[1].split(":")[0])
     assert dict(trial_rows(db))[number] == "WAITING"
-    assert "worker finished: 1 complete" in cli("worker", "--study", "s1", "--max-trials", "1", *store).stdout
+    worked = cli("worker", "--study", "s1", "--max-trials", "1", "--pack", "2", *store)
+    assert "worker finished: 1 complete" in worked.stdout
+    assert "note: --pack 2 on a CPU" in worked.stderr and "Use --pack 1" in worked.stderr
     assert dict(trial_rows(db))[number] == "COMPLETE"
 
     one = tmp_path / "one.yaml"

@@ -74,6 +74,20 @@ def check_pack(k: int, objectives: Sequence[str], fidelity: Fidelity | None = No
                             f"(got --pack {k}); run this study's workers with --pack 1")
 
 
+def pack_note(k: int, device: str) -> str | None:
+    """What to tell a user who packs trials on a CPU, where packing measured slower than one trial at a time."""
+    try:
+        on_cpu = torch.device(device).type == "cpu"
+    except (RuntimeError, ValueError):  # not a device name: the trainer refuses it, naming the flag
+        return None
+    if k > 1 and on_cpu:
+        return (f"--pack {k} on a CPU: trials trained together do the same arithmetic as one at a time, and the "
+                "frozen-layer cache saves less (a pack runs from its lowest plan's block); on 2 CPU cores a pack of "
+                "4 ran 0.73x as many trials per hour (docs/benchmarks.md, \"Trials per hour\"). Use --pack 1 on "
+                "CPU workers; packing pays on GPUs.")
+    return None
+
+
 class RowSplit(nn.Module):
     """Trial k's module applied to trial k's rows: inputs are K equal blocks along the batch dimension."""
 
