@@ -32,9 +32,10 @@ same plans; the script also counts how many of the first ``--plans`` uncondition
 
 Each row reports trials per hour (plans over the row's wall time, set-up included), the median over
 ``--repeats``, and the same per CPU-hour of the process (user + system time of all its threads: on cores shared
-with other jobs, wall time measures their load as much as ours); its ratio to the baseline and to the row above; the mean validation score, and the largest
-per-plan differences of validation score and of final training loss to *autopeft plain* (plans that stay at the
-majority class all score alike; their losses still tell rows apart); then every plan's score and loss per row. ``--noise-seeds K`` adds *autopeft plain* at seeds 1..K: the
+with other jobs, wall time measures their load as much as ours); its ratio to the baseline and to the row above;
+the mean validation score; and the largest per-plan differences of validation score and of final training loss
+to *autopeft plain* (plans that stay at the majority class all score alike; their losses still tell rows apart).
+Then every plan's score and loss per row. ``--noise-seeds K`` adds *autopeft plain* at seeds 1..K: the
 seed-to-seed spread of the same plans, the yardstick for "equal within seeded noise".
 """
 

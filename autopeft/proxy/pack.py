@@ -82,9 +82,9 @@ def pack_note(k: int, device: str) -> str | None:
         return None
     if k > 1 and on_cpu:
         return (f"--pack {k} on a CPU: trials trained together do the same arithmetic as one at a time, and the "
-                "frozen-layer cache saves less (a pack runs from its lowest plan's block); on 2 CPU cores a pack of "
-                "4 ran 0.73x as many trials per hour (docs/benchmarks.md, \"Trials per hour\"). Use --pack 1 on "
-                "CPU workers; packing pays on GPUs.")
+                "frozen-layer cache saves less (a pack runs from its lowest plan's block), so packing measured slower "
+                "than one trial at a time on CPU (docs/benchmarks.md, \"Trials per hour\"). Use --pack 1 on CPU "
+                "workers; packing pays on GPUs.")
     return None
 
 

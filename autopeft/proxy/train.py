@@ -221,7 +221,7 @@ def _c_compiler() -> str | None:
 
 def cpu_bf16_native() -> bool | None:
     """Whether this x86 CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); None where torch cannot tell (other
-    architectures). Without it oneDNN emulates bf16, and ``autocast="bf16"`` is slower than float32."""
+    architectures). Without it oneDNN emulates bf16 matmuls, and ``autocast="bf16"`` is likely slower than float32."""
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if not all(probes):
         return None
@@ -242,7 +242,7 @@ def check_options(fidelity: Fidelity, device: str | torch.device) -> None:
         raise StudyError("--autocast: this GPU has no bf16 support; use --autocast fp16 or --autocast off")
     if fidelity.autocast == "bf16" and dev.type == "cpu" and cpu_bf16_native() is False:
         warnings.warn("--autocast bf16: this CPU has no bf16 matrix instructions (AVX512-BF16 or AMX), so bf16 is "
-                      "emulated and trials run slower than with --autocast off; drop --autocast unless you want "
+                      "emulated and trials likely run slower than with --autocast off; drop --autocast unless you want "
                       "bf16 numerics", stacklevel=2)
     if fidelity.compile and dev.type == "cpu" and _c_compiler() is None:
         raise StudyError("--compile: torch.compile on CPU needs a C compiler, and none was found (cc, gcc, clang or "
