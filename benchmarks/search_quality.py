@@ -99,9 +99,11 @@ def reference(measure: str, rows: list[dict[str, Any]]) -> tuple[float, float]:
 
 
 def true_front(measure: str, rows: list[dict[str, Any]]) -> tuple[tuple[float, float], float]:
-    """(reference point, hypervolume of the front of every row) of ``measure``: the 100 % mark of a curve."""
-    ref = reference(measure, rows)
-    return ref, hypervolume([to_point(measure, r["score"], r["trainable_pct"]) for r in rows], ref)
+    """(reference point, hypervolume of the front of every completed row) of ``measure``: the 100 % mark of a
+    curve."""
+    done = [r for r in rows if r.get("state", "COMPLETE") == "COMPLETE"]
+    ref = reference(measure, done)
+    return ref, hypervolume([to_point(measure, r["score"], r["trainable_pct"]) for r in done], ref)
 
 
 #: Floor of trainable % on the log axis (a plan that trains nothing at all would sit at minus infinity).
@@ -216,10 +218,9 @@ def curve(values: list, measure: str, ref: tuple[float, float], full: float) -> 
 
 # --------------------------------------------------------------------------- report
 def summarise(results: list[dict], rows: list[dict], checkpoints: list[int]) -> dict[str, Any]:
-    done = [r for r in rows if r.get("state", "COMPLETE") == "COMPLETE"]
     out: dict[str, Any] = {"measures": {}}
     for measure in MEASURES:
-        ref, full = true_front(measure, done)
+        ref, full = true_front(measure, rows)
         per: dict[str, Any] = {}
         for res in results:
             c = curve(res["values"], measure, ref, full)

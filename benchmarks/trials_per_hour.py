@@ -314,15 +314,12 @@ def main(argv: list[str] | None = None) -> None:
     print(report(args, rows, rates, scores, plans, peft_plans, skipped))
     print("\nthe same in trials per CPU-hour of this process (robust to other jobs on shared cores):")
     print(report(args, rows, cpu_rates, scores, plans, peft_plans, skipped))
+    print(plan_table(rows, scores, plans))
 
 
 def report(args, rows, rates, scores, plans, peft_plans, skipped) -> str:
     def plan_values(name: str, key: str = "score") -> list[float]:
-        res = scores[name]
-        if name.startswith("baseline"):  # only the peft plans: align with the full list
-            it = iter(res)
-            return [next(it)[key] if peft_can(p) else float("nan") for p in plans]
-        return [r.get(key, float("nan")) for r in res]
+        return per_plan(scores, name, key, plans)
 
     def max_diff(name: str, key: str) -> str:
         if "plain" not in scores or name == "plain":
@@ -358,12 +355,26 @@ def report(args, rows, rates, scores, plans, peft_plans, skipped) -> str:
         parts = [f"{LABELS[b]}: {100 * (secs[a] - secs[b]) / total:.0f} %" for a, b in zip(chain, chain[1:])]
         lines.append(f"\nshare of the seconds per trial saved from {LABELS[chain[0]]} to {LABELS[chain[-1]]} "
                      f"({secs[chain[0]]:.1f} -> {secs[chain[-1]]:.1f} s): " + "; ".join(parts))
-    # Per plan: validation score / mean training loss of the last 12 steps, every row (the last repeat's).
-    lines += ["\nper plan, validation score / final training loss:\n", "| plan | " + " | ".join(rows) + " |",
-              "|---|" + "---:|" * len(rows)]
+    return "\n".join(lines)
+
+
+def per_plan(scores, name: str, key: str, plans) -> list[float]:
+    """Row ``name``'s ``key`` for every plan (nan where the row did not train it: the baseline skips the plans
+    peft cannot express)."""
+    res = scores[name]
+    if name.startswith("baseline"):  # only the peft plans: align with the full list
+        it = iter(res)
+        return [next(it)[key] if peft_can(p) else float("nan") for p in plans]
+    return [r.get(key, float("nan")) for r in res]
+
+
+def plan_table(rows, scores, plans) -> str:
+    """Every plan's validation score / mean training loss of the last 12 steps, per row (the last repeat's)."""
+    cols = {n: list(zip(per_plan(scores, n, "score", plans), per_plan(scores, n, "train_loss", plans))) for n in rows}
+    lines = ["\nper plan, validation score / final training loss:\n", "| plan | " + " | ".join(rows) + " |",
+             "|---|" + "---:|" * len(rows)]
     for i, plan in enumerate(plans):
-        cells = [f"{plan_values(n)[i]:.4f} / {plan_values(n, 'train_loss')[i]:.4f}"
-                 if not math.isnan(plan_values(n)[i]) else "-" for n in rows]
+        cells = [f"{cols[n][i][0]:.4f} / {cols[n][i][1]:.4f}" if not math.isnan(cols[n][i][0]) else "-" for n in rows]
         lines.append(f"| {plan.summary()} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -36,7 +36,6 @@ import search_quality as sq  # noqa: E402  (a sibling script, not a package)
 
 DEFAULT_SOURCE = ROOT / "benchmarks" / "data" / "table_rotten_tomatoes_minilm_h200.jsonl"
 DEFAULT_TARGET = ROOT / "benchmarks" / "data" / "table_bbc_news_minilm_steps60.jsonl"
-SECTION = "## Warm start across tasks (issue 6)"
 
 
 def study_on(table_path: str, name: str, url: str, seed: int):
@@ -84,13 +83,12 @@ def reach(warm: list[float], goal: float) -> int:
 
 
 def report(results: list[dict[str, Any]], target_rows: list[dict[str, Any]], trials: int) -> list[str]:
-    done = [r for r in target_rows if r.get("state", "COMPLETE") == "COMPLETE"]
     checkpoints = [k for k in (10, 25, trials) if k <= trials]
     lines = ["| measure | study | " + " | ".join(f"{k} trials" for k in checkpoints)
              + " | trials to the cold study's final hypervolume (median [min-max]) |",
              "|---|---|" + "---:|" * len(checkpoints) + "---:|"]
     for measure in sq.MEASURES:
-        ref, full = sq.true_front(measure, done)
+        ref, full = sq.true_front(measure, target_rows)
         curves = {name: [sq.curve(r[name], measure, ref, full) for r in results] for name in ("cold", "warm")}
         needed = {name: [reach(c, cold[-1]) for c, cold in zip(curves[name], curves["cold"])]
                   for name in ("cold", "warm")}
