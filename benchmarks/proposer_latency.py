@@ -64,19 +64,21 @@ ABLATIONS = {
     "autopeft-linear-costs": {"log_costs": False},  # trainable % modelled as is, not its log
     "autopeft-mean-believer": {"believer": "mean"},  # pending points believed at their posterior mean
     "autopeft-no-believer": {"believer": None},  # pending points only kept out of
-    "autopeft-per-parameters": {"canonical": False},  # parameter vectors, not plans (no canonical form)
+    "autopeft-per-parameters": {"canonical": False, "inputs": False},  # parameter vectors, not plans
     "autopeft-qlognehvi": {"acquisition": "qlognehvi"},  # BoTorch's Monte-Carlo qLogNEHVI instead of analytic EHVI
+    "autopeft-parameter-inputs": {"inputs": False},  # the GP reads the parameters, not the plan's slots
 }
 
 
 def make(name: str, seed: int, space):
-    from autopeft.optimize.samplers import PendingAware, SpaceCanonical, StartupThen, _sobol, make_sampler
+    from autopeft.optimize.samplers import PendingAware, PlanInputs, SpaceCanonical, StartupThen, _sobol, make_sampler
 
     if name in ABLATIONS:
         from autopeft.optimize.mobo import MOBOSampler
 
         kw = dict(ABLATIONS[name])
         kw["canonical"] = SpaceCanonical(space) if kw.pop("canonical", True) else None
+        kw["inputs"] = PlanInputs(space) if kw.pop("inputs", True) else None
         main = MOBOSampler(seed=seed, n_startup_trials=8, **kw)
         return StartupThen(_sobol(seed), PendingAware(main), 8)
     return make_sampler("botorch" if name == "autopeft" else name, seed=seed, n_startup_trials=8, space=space)

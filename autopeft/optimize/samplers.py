@@ -37,7 +37,8 @@ def make_sampler(name: str, *, seed: int = 0, n_startup_trials: int = 8, space=N
     if name == "botorch":
         from autopeft.optimize.mobo import MOBOSampler
 
-        main = MOBOSampler(seed=seed, n_startup_trials=n_startup_trials, canonical=SpaceCanonical(space))
+        main = MOBOSampler(seed=seed, n_startup_trials=n_startup_trials, canonical=SpaceCanonical(space),
+                           inputs=PlanInputs(space))
         return StartupThen(_sobol(seed), PendingAware(main), n_startup_trials)
     if name == "optuna-botorch":
         from optuna_integration import BoTorchSampler
@@ -66,10 +67,9 @@ def _sobol(seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False)
 
 
-class SpaceCanonical:
-    """``(study, params) -> params``: the canonical parameters of the plan that ``params`` decode to
-    (``space.encode(space.decode(params))``), through ``space`` or the space recorded on the study; parameters of
-    a study without one come back unchanged."""
+class _StudySpace:
+    """The :class:`~autopeft.space.SearchSpace` of a study: ``space`` when given, else the one recorded on the
+    study (None for a study that is not autopeft's)."""
 
     def __init__(self, space=None):
         self.space = space
@@ -92,11 +92,45 @@ class SpaceCanonical:
             self._studies[key] = space
         return self._studies[key]
 
+
+
+class SpaceCanonical(_StudySpace):
+    """``(study, params) -> params``: the canonical parameters of the plan that ``params`` decode to
+    (``space.encode(space.decode(params))``), through ``space`` or the space recorded on the study; parameters of
+    a study without one come back unchanged."""
+
     def __call__(self, study, params: dict) -> dict:
         space = self._space_of(study)
         if space is None or set(params) != set(space.choices):
             return params
         return space.encode(space.decode({k: int(v) for k, v in params.items()}))
+
+
+class PlanInputs(_StudySpace):
+    """``(study, search space) -> inputs``: the GP's inputs are what the plan puts where, one per (layer, method,
+    site) slot (:meth:`~autopeft.space.SearchSpace.slot_features`, vectorised by
+    :class:`~autopeft.optimize.mobo.ProductInputs`), plus the variants as they are; None (the plain encoding of
+    the parameters) for a study that is not autopeft's.
+
+    Why: a layer switch, a site switch and a size each mean nothing alone; the plan's score depends on which
+    modules sit where. On the tabular benchmark, a GP fitted to 50 plans ranks the other plans' scores with a
+    Spearman correlation of about 0.45 on these inputs against 0.2 on the parameters (docs/benchmarks.md).
+    """
+
+    def __init__(self, space=None):
+        super().__init__(space)
+        self._maps: dict[tuple, object] = {}
+
+    def __call__(self, study, search_space: dict):
+        space = self._space_of(study)
+        if space is None or set(search_space) != set(space.choices):
+            return None
+        key = (id(space), tuple(search_space))
+        if key not in self._maps:
+            from autopeft.optimize.mobo import ProductInputs
+
+            self._maps[key] = ProductInputs(search_space, space.slot_features())
+        return self._maps[key]
 
 
 class StartupThen(optuna.samplers.BaseSampler):

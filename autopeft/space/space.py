@@ -208,6 +208,77 @@ class SearchSpace:
         """A uniformly random parameter vector (tests and quasi-random fallbacks)."""
         return {name: rng.randrange(len(vals)) for name, vals in self.choices.items()}
 
+    # ------------------------------------------------------------ model inputs
+    def slot_features(self) -> list[tuple[tuple[int, str, str], list[tuple[str, tuple[float, ...]]]]]:
+        """What a plan puts where, as inputs for a model of the plan's score: one feature per (layer, method, site)
+        slot that some plan of the space can fill, each a product of per-parameter lookups
+        ``[(parameter, value per choice index), ...]`` (parameters that are not searched are folded in as
+        constants), mirroring :meth:`decode`.
+
+        A filled slot's value is its module's size on a log2 scale, ``log2(1 + size) / log2(1 + largest size)``
+        (1 for modules without a size), times, for LoRA experts, their count on the same scale; an empty slot is 0.
+        Parameters that no feature reads (variants, top-k, routing) are not features: the optimizer encodes
+        them as they are. See :func:`plan_inputs`.
+        """
+        out: list[tuple[tuple[int, str, str], list[tuple[str, tuple[float, ...]]]]] = []
+
+        def lookup(name: str, fixed: list[Any], fn) -> tuple[str, tuple[float, ...]] | float:
+            if name in self.choices:
+                return name, tuple(float(fn(v)) for v in self.choices[name])
+            return float(fn(fixed[0]))
+
+        def log_scale(values: list[int]):
+            top = math.log2(1 + max(values)) if values and max(values) > 0 else 1.0
+            return lambda v: math.log2(1 + v) / top
+
+        def layer(method: str, i: int):
+            if self.spec.placement == "shared":
+                return lookup(f"layer.{i}", [1], bool)
+            if self.spec.placement == "per_module" and self._layer_switch_names(method):
+                return lookup(f"{method}.layer.{i}", [1], bool)
+            return 1.0
+
+        def add(key: tuple[int, str, str], factors: list) -> None:
+            scale = math.prod(f for f in factors if isinstance(f, float))
+            lookups = [f for f in factors if not isinstance(f, float)]
+            if scale == 0.0 or any(not any(v) for _, v in lookups):
+                return  # no plan of the space fills this slot
+            if lookups:
+                name, values = lookups[0]
+                lookups[0] = (name, tuple(scale * v for v in values))
+            else:
+                lookups = [("", (scale,))]
+            out.append((key, lookups))
+
+        for name, method, mod in self._modules():
+            for i in range(self.dims.num_layers):
+                if method.kind == "switch":
+                    for site in mod.sites:
+                        add((i, name, site), [lookup(f"{name}.on", [1], bool), layer(name, i)])
+                elif method.kind == "experts":
+                    sizes = resolve_sizes(mod.sizes, self.dims.hidden_size)
+                    counts = sorted(mod.experts)
+                    count = f"lora_experts.layer.{i}.experts" if mod.per_layer else "lora_experts.experts"
+                    for site in mod.sites:
+                        add((i, name, site), [lookup("lora_experts.size", sizes, log_scale(sizes)),
+                                              lookup(count, counts, log_scale(counts)), layer(name, i)])
+                else:
+                    sizes = self._sizes(name, mod)
+                    size = lookup(f"{name}.size", sizes, log_scale(sizes))
+                    if name == "serial_adapter" and mod.styles():
+                        styles = mod.styles()
+                        sites = sorted({s for st in styles for s in STYLES[st]})
+                        site_on = {s: lookup("serial_adapter.style", styles, lambda st, s=s: s in STYLES[st])
+                                   for s in sites}
+                    elif getattr(mod, "choose_sites", False):
+                        site_on = {s: lookup(f"{name}.site.{s}", [1], bool) for s in mod.sites}
+                    else:
+                        fixed = mod.fixed_sites() if name == "serial_adapter" else list(mod.sites)
+                        site_on = {s: 1.0 for s in fixed}
+                    for site, on in site_on.items():
+                        add((i, name, site), [size, on, layer(name, i)])
+        return out
+
     # ------------------------------------------------------------ codec
     def _value(self, params: Mapping[str, int], name: str, fixed: list[Any]) -> Any:
         """Value of parameter ``name``; ``fixed`` is the one-choice list used when it is not searched."""

@@ -12,7 +12,7 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from autopeft.optimize.mobo import ChoiceGrid, Marginals, MOBOSampler, log_ehvi, outcomes
+from autopeft.optimize.mobo import ChoiceGrid, Marginals, MOBOSampler, ProductInputs, log_ehvi, outcomes
 from autopeft.optimize.samplers import make_sampler
 from autopeft.proxy.fidelity import Fidelity
 from autopeft.space import ModelDims, SearchSpace, load_space, parse_space
@@ -97,6 +97,8 @@ def test_budget_becomes_a_threshold_and_model_proposals_respect_it():
     study, _ = search(sp, n, budget=budget)
     out = outcomes(study.get_trials(states=(TrialState.COMPLETE,)), study.directions)
     assert out.thresholds == [(1, pytest.approx(budget))] and out.con is None  # no GP of its own
+    inputs = study.sampler.main.sampler.inputs(study, sp.distributions())
+    assert all(torch.equal(f.cols, inputs.param_cols) for f in study.sampler.main.sampler._cache["marginals"])
     over = sum(t.values[1] > budget for t in study.trials[STARTUP:])
     free, _ = search(space("autopeft"), n)  # the same search without the budget
     over_free = sum(t.values[1] > budget for t in free.trials[STARTUP:])
@@ -186,3 +188,34 @@ def test_works_with_the_proposer_service(tmp_path, study_name):
     assert st.study.sampler.main.sampler.stats["model"] == 1 + 3
     run_worker(st, ArithmeticEvaluator(), n_trials=7)  # workers train the queued proposals
     assert st.count(TrialState.COMPLETE) == 7 and st.count(TrialState.WAITING) == 0
+
+
+def test_product_inputs_multiply_lookups_and_encode_the_other_parameters():
+    dists = {"size": IntDistribution(0, 2), "on": IntDistribution(0, 1), "variant": IntDistribution(0, 2)}
+    features = [("a", [("size", (0.0, 0.5, 1.0)), ("on", (0.0, 1.0))]), ("b", [("on", (1.0, 0.0))]),
+                ("c", [("", (0.25,))])]
+    inputs = ProductInputs(dists, features)
+    # three products, then "variant" (no product reads it) on the unit cube; then every parameter so encoded
+    assert inputs.dim == 3 + 1 + 3
+    assert inputs.plan_cols.tolist() == [0, 1, 2, 3] and inputs.param_cols.tolist() == [4, 5, 6]
+    z = torch.tensor([[1, 1, 0], [2, 0, 2], [2, 1, 1]])
+    x = inputs(z)
+    assert x.tolist() == [[0.5, 0.0, 0.25, 0.0, 0.5, 1.0, 0.0], [0.0, 1.0, 0.25, 1.0, 1.0, 0.0, 1.0],
+                          [1.0, 0.0, 0.25, 0.5, 1.0, 1.0, 0.5]]
+    assert inputs(z[None]).shape == (1, 3, 7)  # leading dimensions are kept
+    grid = ChoiceGrid(dists, inputs=inputs)
+    assert torch.equal(grid.encode(z), x)
+
+
+def test_the_default_reads_the_plans_slots_and_proposes_new_plans():
+    sp = space()
+    study, sampler = search(sp, STARTUP + 4)
+    main = sampler.main.sampler
+    assert main.stats["model"] == 4
+    fit = main._cache
+    inputs = ProductInputs(sp.distributions(), sp.slot_features())
+    assert fit["x"].shape[1] == inputs.dim
+    score_gp, cost_gp = fit["marginals"]  # the score reads the plan's slots, the (log) trainable % the parameters
+    assert torch.equal(score_gp.cols, inputs.plan_cols) and torch.equal(cost_gp.cols, inputs.param_cols)
+    plans = [sp.decode({k: int(v) for k, v in t.params.items()}).summary() for t in study.trials]
+    assert len(set(plans)) == len(plans)

@@ -1,13 +1,14 @@
-"""make_sampler's names, and the canonical form of parameters the default sampler works on."""
+"""make_sampler's names, and the canonical form and model inputs of the plans the default sampler works on."""
 
 from __future__ import annotations
 
 import optuna
 import pytest
+import torch
 
 from autopeft.errors import StudyError
 from autopeft.optimize.mobo import MOBOSampler
-from autopeft.optimize.samplers import SAMPLERS, SpaceCanonical, make_sampler
+from autopeft.optimize.samplers import SAMPLERS, PlanInputs, SpaceCanonical, make_sampler
 from autopeft.proxy.fidelity import Fidelity
 from autopeft.space import ModelDims, SearchSpace, load_space
 from autopeft.study.storage import open_storage
@@ -36,3 +37,19 @@ def test_parameters_of_one_plan_have_one_canonical_form(tmp_path, study_name):
     st, _ = create_or_load(open_storage(f"sqlite:///{tmp_path / 's.db'}"), study_name, load_space("autopeft"), DIMS,
                            Fidelity(objective="synthetic"))
     assert SpaceCanonical()(st.study, other) == canonical(study, off)  # read from the study's recorded space
+
+
+def test_plan_inputs_come_from_the_space_or_the_study(tmp_path, study_name):
+    space = SearchSpace(load_space("autopeft"), DIMS)
+    study = optuna.create_study(directions=space.directions)
+    inputs = PlanInputs(space)(study, space.distributions())
+    assert inputs is not None and len(inputs.plan_cols) == len(space.slot_features())  # every parameter feeds a slot
+    z = torch.tensor([[space.encode(space.decode({n: 0 for n in space.choices}))[n] for n in space.choices]])
+    assert inputs(z)[:, inputs.plan_cols].abs().sum() == 0  # the head-only plan fills no slot
+    assert PlanInputs()(study, space.distributions()) is None  # a plain Optuna study: the plain encoding
+    assert PlanInputs(space)(study, {"other": optuna.distributions.IntDistribution(0, 1)}) is None
+
+    st, _ = create_or_load(open_storage(f"sqlite:///{tmp_path / 's.db'}"), study_name, load_space("autopeft"), DIMS,
+                           Fidelity(objective="synthetic"))
+    recorded = PlanInputs()(st.study, space.distributions())
+    assert torch.equal(recorded(z), inputs(z))

@@ -1,3 +1,4 @@
+import math
 import random
 
 import pytest
@@ -182,3 +183,42 @@ def test_bad_method_knobs_name_the_path(text, path, fragment):
         parse_space(text, source="bad.yaml")
     assert path in [p for p, _ in info.value.errors], info.value.errors
     assert fragment in str(info.value)
+
+
+def _slot_value(space: SearchSpace, module: ModuleSpec) -> float:
+    """What slot_features promises for a filled slot, computed from the decoded module (the oracle)."""
+    spec = getattr(space.spec.modules, module.method)
+    name = "lora_experts.size" if module.method == "lora_experts" else f"{module.method}.size"
+    sizes = space.choices.get(name) or [module.size]
+    value = math.log2(1 + module.size) / math.log2(1 + max(sizes)) if max(sizes) > 0 else 1.0
+    if module.method == "lora_experts":
+        value *= math.log2(1 + module.num_experts) / math.log2(1 + max(spec.experts))
+    return value
+
+
+@pytest.mark.parametrize("name", ["autopeft", "mola", "full"])
+@pytest.mark.parametrize("dims", [DIMS, LLAMA_DIMS])
+def test_slot_features_agree_with_the_decoded_plan(name, dims):
+    space = SearchSpace(load_space(name), dims)
+    features = space.slot_features()
+    keys = [key for key, _ in features]
+    assert len(set(keys)) == len(keys)
+    rng = random.Random(7)
+    for _ in range(200):
+        params = space.sample(rng)
+        plan = space.decode(params)
+        filled = {(i, m.method, m.site): m for i, m in plan.modules()}
+        assert set(filled) <= set(keys)  # every slot a plan can fill has a feature
+        for key, factors in features:
+            value = math.prod(dict(zip(range(len(space.choices[p])), vals))[params[p]] if p else vals[0]
+                              for p, vals in factors)
+            expected = _slot_value(space, filled[key]) if key in filled else 0.0
+            assert value == pytest.approx(expected, abs=1e-12), (key, plan.summary())
+
+
+def test_slot_features_leave_out_slots_no_plan_fills():
+    # serial adapters in Pfeiffer style only: no attention slot exists
+    text = "name: s\nmodules:\n  serial_adapter:\n    sizes: [0, 8, 16]\n    style: [pfeiffer]\n"
+    space = SearchSpace(parse_space(text), DIMS)
+    sites = {key[2] for key, _ in space.slot_features()}
+    assert sites == {"ffn"}
