@@ -53,3 +53,16 @@ def test_a_sensitivity_start_queues_the_seeds_after_the_anchor(tables, monkeypat
         sensitivity.sensitivity_seeds(space, [0, 1, 2, 3, 4, 5])
     with pytest.raises(SystemExit, match="unknown start"):
         search_quality.main(["--table", str(target), "--samplers", "random+nothing", "--doc", "", "--seeds", "1"])
+
+
+def test_the_lead_interval_holds_the_difference_and_separates_only_separate_samples():
+    d, lo, hi = search_quality.difference_ci([1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 3.5, 2.0])
+    assert d == pytest.approx(0.125) and lo < 0 < hi  # overlapping samples: no difference
+    d, lo, hi = search_quality.difference_ci([10.0, 11.0, 12.0], [1.0, 2.0, 1.5])
+    assert d == pytest.approx(9.5) and 0 < lo <= d <= hi
+    assert search_quality.difference_ci([1.0, 3.0], [2.0, 2.5]) == search_quality.difference_ci([1.0, 3.0], [2.0, 2.5])
+
+    curves = {"a": [[90.0] * 25, [92.0] * 25], "b": [[80.0] * 25, [81.0] * 25], "c": [[90.0] * 25]}
+    summary = {"measures": {m: {"curves": curves} for m in search_quality.MEASURES}}
+    text = "\n".join(search_quality.difference_lines(summary, [25], "a"))
+    assert "| b | +10.5 [" in text and "| c | not run" in text  # one run of c: no interval
