@@ -67,11 +67,13 @@ ABLATIONS = {
     "autopeft-per-parameters": {"canonical": False, "inputs": False},  # parameter vectors, not plans
     "autopeft-qlognehvi": {"acquisition": "qlognehvi"},  # BoTorch's Monte-Carlo qLogNEHVI instead of analytic EHVI
     "autopeft-parameter-inputs": {"inputs": False},  # the GP reads the parameters, not the plan's slots
+    "autopeft-inferred-reference": {"reference": False},  # EHVI's reference inferred from the front, not the project's
 }
 
 
 def make(name: str, seed: int, space):
-    from autopeft.optimize.samplers import PendingAware, PlanInputs, SpaceCanonical, StartupThen, _sobol, make_sampler
+    from autopeft.optimize.samplers import (PendingAware, PlanInputs, ProjectReference, SpaceCanonical, StartupThen, _sobol,
+                                            make_sampler)
 
     if name in ABLATIONS:
         from autopeft.optimize.mobo import MOBOSampler
@@ -79,6 +81,7 @@ def make(name: str, seed: int, space):
         kw = dict(ABLATIONS[name])
         kw["canonical"] = SpaceCanonical(space) if kw.pop("canonical", True) else None
         kw["inputs"] = PlanInputs(space) if kw.pop("inputs", True) else None
+        kw["reference"] = ProjectReference(space) if kw.pop("reference", True) else None
         main = MOBOSampler(seed=seed, n_startup_trials=8, **kw)
         return StartupThen(_sobol(seed), PendingAware(main), 8)
     return make_sampler("botorch" if name == "autopeft" else name, seed=seed, n_startup_trials=8, space=space)

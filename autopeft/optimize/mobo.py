@@ -408,7 +408,7 @@ class MOBOSampler(optuna.samplers.BaseSampler):
                  believer: str | None = "worst", canonical: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None,
                  mc_samples: int = 64, baseline_cap: int = 64,
                  inputs: Callable[[Any, dict[str, BaseDistribution]], Callable[[torch.Tensor], torch.Tensor] | None]
-                 | None = None):
+                 | None = None, reference: Sequence[float] | Callable[[Any], Sequence[float] | None] | None = None):
         if acquisition not in ACQUISITIONS:
             raise ValueError(f"acquisition: {acquisition!r} is not one of {', '.join(ACQUISITIONS)}")
         self._seed = seed
@@ -432,6 +432,10 @@ class MOBOSampler(optuna.samplers.BaseSampler):
         # (study, search space) -> a map of (..., p) choice indices to the GP's inputs, or None for the plain
         # encoding; autopeft's make_sampler passes the plan's slots (:class:`ProductInputs`)
         self.inputs = inputs
+        # EHVI's reference point in the objectives' own units (e.g. score 0, 100 % trainable), or a function of the
+        # study giving one (or None); None: inferred from the posterior-mean front (its nadir, 10 % beyond).
+        # autopeft's make_sampler passes the point the CLI and dashboard measure hypervolume against.
+        self.reference = reference
         self.mc_samples = mc_samples  # qlognehvi only
         self.baseline_cap = baseline_cap  # qlognehvi only: observed points it integrates over
         self._space = IntersectionSearchSpace()
@@ -488,9 +492,9 @@ class MOBOSampler(optuna.samplers.BaseSampler):
         p_pending = [self._canonical(study, t) for t in running]
         z_pending = grid.rows(p_pending)
         if self.acquisition == "ehvi":
-            score = self._ehvi(fit, grid.encode(z_pending))
+            score = self._ehvi(fit, grid.encode(z_pending), self._reference(study))
         else:
-            acqf = self._qlognehvi(fit, grid.encode(z_pending), seed)
+            acqf = self._qlognehvi(fit, grid.encode(z_pending), seed, self._reference(study))
             score = lambda x: acqf(x.unsqueeze(-2))  # noqa: E731  (N, d) -> (N,)
         p_failed = [self._canonical(study, t) for t in failed]
         avoid = torch.cat([fit["z"], z_pending, grid.rows(p_failed)])
@@ -590,7 +594,12 @@ class MOBOSampler(optuna.samplers.BaseSampler):
         return model
 
     # ------------------------------------------------------------ acquisition
-    def _ehvi(self, fit: dict[str, Any], x_pending: torch.Tensor):
+    def _reference(self, study) -> list[float] | None:
+        """The configured reference point for ``study`` in the objectives' units, or None (inferred)."""
+        given = self.reference(study) if callable(self.reference) else self.reference
+        return None if given is None else [float(r) for r in given]
+
+    def _ehvi(self, fit: dict[str, Any], x_pending: torch.Tensor, reference: list[float] | None = None):
         """(N, d) -> (N,) log EHVI over the posterior-mean front of observed and pending points, plus the log
         probability of meeting every constraint."""
         from botorch.utils.multi_objective.box_decompositions.non_dominated import FastNondominatedPartitioning
@@ -630,6 +639,8 @@ class MOBOSampler(optuna.samplers.BaseSampler):
         else:
             anchor = mean_obs[feasible, :m] if feasible.any() else mean_obs[:, :m]
             ref = infer_reference_point(anchor[is_non_dominated(anchor)])
+            if reference is not None:
+                ref = torch.tensor([out.to_model(j, r) for j, r in enumerate(_within(reference, out))], dtype=ref.dtype)
             lower, upper = FastNondominatedPartitioning(ref_point=ref, Y=front[is_non_dominated(front)]) \
                 .get_hypercell_bounds()
 
@@ -639,7 +650,7 @@ class MOBOSampler(optuna.samplers.BaseSampler):
 
         return score
 
-    def _qlognehvi(self, fit: dict[str, Any], x_pending: torch.Tensor, seed: int):
+    def _qlognehvi(self, fit: dict[str, Any], x_pending: torch.Tensor, seed: int, reference: list[float] | None = None):
         from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
         from botorch.acquisition.multi_objective.objective import IdentityMCMultiOutputObjective
         from botorch.models import ModelListGP
@@ -659,8 +670,10 @@ class MOBOSampler(optuna.samplers.BaseSampler):
             constraints.append(lambda Z, k=k: Z[..., m + k])
         feasible = _feasible(out)
         front = out.y[feasible][is_non_dominated(out.y[feasible])] if feasible.any() else out.y
+        ref = infer_reference_point(front) if reference is None else \
+            torch.tensor([out.to_model(j, r) for j, r in enumerate(_within(reference, out))], dtype=out.y.dtype)
         return qLogNoisyExpectedHypervolumeImprovement(
-            ModelListGP(*fit["models"]), ref_point=infer_reference_point(front),
+            ModelListGP(*fit["models"]), ref_point=ref,
             X_baseline=fit["x"][peel(out.y, self.baseline_cap)],
             sampler=SobolQMCNormalSampler(sample_shape=torch.Size([self.mc_samples]), seed=seed),
             objective=IdentityMCMultiOutputObjective(outcomes=list(range(m))) if out.con is not None else None,
@@ -720,6 +733,15 @@ def _feasible(out: Outcomes) -> torch.Tensor:
     if out.con is not None:
         ok &= (out.con <= 0).all(-1)
     return ok
+
+
+def _within(reference: list[float], out: Outcomes) -> list[float]:
+    """``reference`` moved onto the thresholds it lies beyond (a trainable-% budget below 100 %): a trial past a
+    threshold never enters the front, so the region beyond it adds no hypervolume."""
+    ref = list(reference)
+    for j, b in out.thresholds:
+        ref[j] = min(ref[j], b) if out.signs[j] < 0 else max(ref[j], b)
+    return ref
 
 
 def _take(x: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
