@@ -14,8 +14,9 @@ each time a few trials finish, so this sampler
   over the cells of the non-dominated region of products of one-dimensional expectations; in log space, as in
   Ament et al. 2023) over the *posterior-mean* front of the observed trials (scores are noisy: a lucky observation
   does not set the bar), times the probability of meeting the constraints (the trainable-% budget becomes a
-  threshold on that objective's GP); ``acquisition="qlognehvi"`` uses BoTorch's Monte-Carlo qLogNEHVI instead
-  (about twenty times slower here: see docs/benchmarks.md);
+  threshold on that objective's GP), against ``reference`` (autopeft's make_sampler passes the project's point,
+  moved onto the budget when there is one) or else a point inferred from that front; ``acquisition="qlognehvi"``
+  uses BoTorch's Monte-Carlo qLogNEHVI instead (about twenty times slower here: see docs/benchmarks.md);
 * treats RUNNING and queued trials as pending: the GP is conditioned on them as if they had returned the worst
   value seen so far (the "constant liar" of Ginsbourger et al. 2010), so a batch spreads out instead of repeating
   itself, and all proposals of a batch share one fit;
@@ -563,7 +564,7 @@ class MOBOSampler(optuna.samplers.BaseSampler):
 
         Measured on the tabular benchmark (docs/benchmarks.md): a score GP on the slots ranks unseen plans better
         and the search's hypervolume rises, but it is also more optimistic about large plans, so under a budget
-        more proposals land over it (27 of 72 against 18, ``benchmarks/plan_inputs.py``): a budgeted search keeps
+        more proposals land over it (23 of 72 against 17, ``benchmarks/plan_inputs.py``): a budgeted search keeps
         the parameters."""
         inputs = grid.inputs
         if not isinstance(inputs, ProductInputs) or self.acquisition != "ehvi":

@@ -219,3 +219,31 @@ def test_the_default_reads_the_plans_slots_and_proposes_new_plans():
     assert torch.equal(score_gp.cols, inputs.plan_cols) and torch.equal(cost_gp.cols, inputs.param_cols)
     plans = [sp.decode({k: int(v) for k, v in t.params.items()}).summary() for t in study.trials]
     assert len(set(plans)) == len(plans)
+
+
+def test_a_budget_below_the_reference_becomes_its_cost():
+    from autopeft.optimize.mobo import Outcomes, _within
+
+    out = Outcomes(torch.zeros(1, 2), [None, 0.0], [1.0, -1.0], thresholds=[(1, 2.5)])
+    assert _within([0.0, 100.0], out) == [0.0, 2.5]  # past the budget no trial enters the front
+    assert _within([0.0, 1.0], out) == [0.0, 1.0]  # a reference already inside the budget stays
+    assert _within([0.0, 100.0], Outcomes(torch.zeros(1, 2), [None, 0.0], [1.0, -1.0])) == [0.0, 100.0]
+
+
+def test_a_given_reference_changes_the_proposals_and_a_callable_one_is_read_per_study():
+    sp = space()
+
+    def run(reference):
+        main = MOBOSampler(seed=0, n_startup_trials=STARTUP, reference=reference)
+        study = optuna.create_study(directions=sp.directions, sampler=main)
+        for _ in range(STARTUP + 3):
+            trial = ask(study, sp)
+            tell(study, sp, trial)
+        return [t.params for t in study.trials[STARTUP:]], main
+
+    inferred, _ = run(None)
+    given, _ = run((0.0, 100.0))
+    assert inferred != given
+    seen = []
+    called, main = run(lambda study: seen.append(study.study_name) or (0.0, 100.0))
+    assert called == given and len(seen) == 3  # one read per model proposal

@@ -8,9 +8,9 @@ import torch
 
 from autopeft.errors import StudyError
 from autopeft.optimize.mobo import MOBOSampler
-from autopeft.optimize.samplers import SAMPLERS, PlanInputs, SpaceCanonical, make_sampler
+from autopeft.optimize.samplers import SAMPLERS, PlanInputs, ProjectReference, SpaceCanonical, make_sampler
 from autopeft.proxy.fidelity import Fidelity
-from autopeft.space import ModelDims, SearchSpace, load_space
+from autopeft.space import ModelDims, SearchSpace, load_space, parse_space
 from autopeft.study.storage import open_storage
 from autopeft.study.study import create_or_load
 
@@ -53,3 +53,18 @@ def test_plan_inputs_come_from_the_space_or_the_study(tmp_path, study_name):
                            Fidelity(objective="synthetic"))
     recorded = PlanInputs()(st.study, space.distributions())
     assert torch.equal(recorded(z), inputs(z))
+
+
+def test_the_default_s_reference_is_the_project_s(tmp_path, study_name):
+    space = SearchSpace(load_space("autopeft"), DIMS)
+    study = optuna.create_study(directions=space.directions)
+    assert ProjectReference(space)(study) == (0.0, 100.0)  # score 0, 100 % trainable, as the CLI reports
+    assert ProjectReference()(study) is None  # a plain Optuna study: BoTorch's inferred point
+    timed = parse_space("name: t\nobjectives: [score, step_time]\nmodules:\n  lora:\n    sizes: [0, 8]\n")
+    assert ProjectReference(SearchSpace(timed, DIMS))(study) is None  # step time has no default reference
+    main = make_sampler("botorch", space=space).main.sampler
+    assert isinstance(main.reference, ProjectReference) and main._reference(study) == [0.0, 100.0]
+
+    st, _ = create_or_load(open_storage(f"sqlite:///{tmp_path / 's.db'}"), study_name, load_space("autopeft"), DIMS,
+                           Fidelity(objective="synthetic"))
+    assert ProjectReference()(st.study) == (0.0, 100.0)  # read from the study's recorded space
