@@ -141,14 +141,17 @@ class ChoiceGrid:
 
 class ProductInputs:
     """Model inputs that are products of per-parameter lookups, then every parameter that no product reads, encoded
-    as :class:`ChoiceGrid` encodes it (``plan_cols``); then every parameter so encoded (``param_cols``). ``features``: ``[(label, [(parameter, value per choice index), ...]), ...]``,
-    e.g. :meth:`autopeft.space.SearchSpace.slot_features` (what a plan puts in each layer, method and site).
+    as :class:`ChoiceGrid` encodes it (together ``plan_cols``); then every parameter so encoded (``param_cols``).
+    ``features``: ``[(label, [(parameter, value per choice index), ...]), ...]``, e.g.
+    :meth:`autopeft.space.SearchSpace.slot_features` (what a plan puts in each layer, method and site); a factor
+    named ``""`` is a constant.
 
     Vectorised so that scoring thousands of candidates per proposal stays cheap: a (F, J) table of the parameter
     each feature's j-th factor reads and a (F, J, k) table of its values (absent factors read a column of ones).
     """
 
-    def __init__(self, space: dict[str, BaseDistribution], features: Sequence[tuple[Any, Sequence[tuple[str, Sequence[float]]]]]):
+    def __init__(self, space: dict[str, BaseDistribution],
+                 features: Sequence[tuple[Any, Sequence[tuple[str, Sequence[float]]]]]):
         names = list(space)
         position = {n: i for i, n in enumerate(names)}
         width = max([len(_choices(d)) for d in space.values()] + [1])

@@ -93,7 +93,6 @@ class _StudySpace:
         return self._studies[key]
 
 
-
 class SpaceCanonical(_StudySpace):
     """``(study, params) -> params``: the canonical parameters of the plan that ``params`` decode to
     (``space.encode(space.decode(params))``), through ``space`` or the space recorded on the study; parameters of

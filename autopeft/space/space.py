@@ -218,7 +218,7 @@ class SearchSpace:
         A filled slot's value is its module's size on a log2 scale, ``log2(1 + size) / log2(1 + largest size)``
         (1 for modules without a size), times, for LoRA experts, their count on the same scale; an empty slot is 0.
         Parameters that no feature reads (variants, top-k, routing) are not features: the optimizer encodes
-        them as they are. See :func:`plan_inputs`.
+        them as they are. The default sampler reads them through :class:`autopeft.optimize.samplers.PlanInputs`.
         """
         out: list[tuple[tuple[int, str, str], list[tuple[str, tuple[float, ...]]]]] = []
 
