@@ -194,16 +194,42 @@ def _never_beaten(study: AutopeftStudy, grace: float) -> list[int]:
 # --------------------------------------------------------------------------- claiming
 def next_step(study: AutopeftStudy, n_trials: int | None) -> str:
     """What a worker should do now to bring the study to ``n_trials`` COMPLETE trials:
-    ``"stop"`` (reached), ``"wait"`` (the trials still running would reach it, nothing is queued:
-    wait, since one of them may die and be re-queued) or ``"run"``."""
+    ``"stop"`` (reached), ``"wait"`` (the trials still running would reach it: wait, since one of them
+    may die, and then its re-queued copy is WAITING and no longer RUNNING) or ``"run"``.
+
+    A queued trial does not make a worker run while the running ones would finish the study: the proposer
+    and a worker that finds no live proposer can each add a trial in the same moment, and running that
+    extra one would leave the study with more than ``n_trials`` (it stays queued for a later run)."""
     if n_trials is None:
         return "run"
     complete = study.count(TrialState.COMPLETE)
     if complete >= n_trials:
         return "stop"
-    if complete + study.count(TrialState.RUNNING) >= n_trials and not study.count(TrialState.WAITING):
+    if complete + study.count(TrialState.RUNNING) >= n_trials:
         return "wait"
     return "run"
+
+
+def _within_target(study: AutopeftStudy, trials: list[optuna.Trial], n_trials: int,
+                   deadline: float) -> list[optuna.Trial]:
+    """The claimed ``trials`` that the study still needs; the others go back to the queue (WAITING).
+
+    Deciding to run and claiming are two steps, so two workers can claim in the same moment the one trial
+    the study still needs. After claiming, the RUNNING trials are ranked by number (queued ones before ones
+    sampled since) and only the first ``n_trials`` - COMPLETE may run: every worker ranks them alike, so
+    exactly one of two such claims goes back, and a worker never holds a trial the study does not need.
+    """
+    def keep() -> set[int]:
+        complete = study.count(TrialState.COMPLETE)
+        running = sorted(study.trials(states=(TrialState.RUNNING,)), key=lambda t: t.number)
+        return {t._trial_id for t in running[: max(0, n_trials - complete)]}
+
+    allowed = with_retries(keep, "checking the queue", deadline=deadline)
+    for trial in trials:
+        if trial._trial_id not in allowed:
+            with_retries(lambda: study.storage.set_trial_state_values(trial._trial_id, TrialState.WAITING),
+                         "handing a trial back to the queue", deadline=deadline)
+    return [t for t in trials if t._trial_id in allowed]
 
 
 def proposer_is_live(study: AutopeftStudy) -> bool:
@@ -483,6 +509,12 @@ def run_worker(
             if extra is None:
                 break
             trials.append(extra)
+        if n_trials is not None:
+            trials = _within_target(study, trials, n_trials, deadline)
+            if not trials:
+                if idle("the last trials are running elsewhere"):
+                    break
+                continue
         if len(trials) == 1:
             done = [run_one(study, evaluator, trial, presence=presence, deadline=deadline)]
         else:

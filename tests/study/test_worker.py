@@ -132,3 +132,31 @@ def test_unknown_study_lists_existing(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 'x.db'}")
     with pytest.raises(StudyError, match="no study named 'nope'"):
         load(storage, "nope")
+
+
+def test_a_queued_extra_trial_is_not_run_while_the_running_ones_finish_the_study(tmp_path, study_name):
+    from autopeft.study.worker import next_step
+
+    st = make(f"sqlite:///{tmp_path / 's.db'}", study_name, optuna.samplers.RandomSampler(seed=0))
+    run_worker(st, ArithmeticEvaluator(), n_trials=3)  # the anchor and two more, COMPLETE
+    running = st.study.ask(fixed_distributions=st.space.distributions())  # another worker's trial
+    propose(st, 1)  # and a proposal queued in the same moment
+    assert next_step(st, 4) == "wait"  # 3 complete + 1 running finish it: the queued one would be a 5th
+    assert next_step(st, 5) == "run"
+    st.study.tell(running, state=TrialState.FAIL)  # that worker died: its trial no longer counts
+    assert next_step(st, 4) == "run"
+    assert next_step(st, 3) == "stop"
+
+
+def test_of_two_trials_claimed_for_the_last_place_the_later_one_goes_back_to_the_queue(tmp_path, study_name):
+    from autopeft.study.worker import _within_target, claim
+
+    st = make(f"sqlite:///{tmp_path / 's.db'}", study_name, optuna.samplers.RandomSampler(seed=0))
+    run_worker(st, ArithmeticEvaluator(), n_trials=3)
+    propose(st, 2)
+    first, second = claim(st), claim(st)  # two workers, each deciding on the same count
+    assert st.count(TrialState.RUNNING) == 2
+    assert _within_target(st, [second], 4, deadline=5.0) == []  # the later one is not needed
+    assert [t.number for t in _within_target(st, [first], 4, deadline=5.0)] == [first.number]
+    assert st.count(TrialState.RUNNING) == 1 and st.count(TrialState.WAITING) == 1
+    assert claim(st).number == second.number  # back in the queue, with its parameters, for a later run
