@@ -641,10 +641,11 @@ class MOBOSampler(optuna.samplers.BaseSampler):
             lower = front.max(0, keepdim=True).values if front.numel() else mean_obs[:, :1].min(0, keepdim=True).values
             upper = torch.full_like(lower, math.inf)
         else:
-            anchor = mean_obs[feasible, :m] if feasible.any() else mean_obs[:, :m]
-            ref = infer_reference_point(anchor[is_non_dominated(anchor)])
             if reference is not None:
-                ref = torch.tensor([out.to_model(j, r) for j, r in enumerate(_within(reference, out))], dtype=ref.dtype)
+                ref = _model_reference(reference, out)
+            else:
+                anchor = mean_obs[feasible, :m] if feasible.any() else mean_obs[:, :m]
+                ref = infer_reference_point(anchor[is_non_dominated(anchor)])
             lower, upper = FastNondominatedPartitioning(ref_point=ref, Y=front[is_non_dominated(front)]) \
                 .get_hypercell_bounds()
 
@@ -674,8 +675,7 @@ class MOBOSampler(optuna.samplers.BaseSampler):
             constraints.append(lambda Z, k=k: Z[..., m + k])
         feasible = _feasible(out)
         front = out.y[feasible][is_non_dominated(out.y[feasible])] if feasible.any() else out.y
-        ref = infer_reference_point(front) if reference is None else \
-            torch.tensor([out.to_model(j, r) for j, r in enumerate(_within(reference, out))], dtype=out.y.dtype)
+        ref = infer_reference_point(front) if reference is None else _model_reference(reference, out)
         return qLogNoisyExpectedHypervolumeImprovement(
             ModelListGP(*fit["models"]), ref_point=ref,
             X_baseline=fit["x"][peel(out.y, self.baseline_cap)],
@@ -746,6 +746,11 @@ def _within(reference: list[float], out: Outcomes) -> list[float]:
     for j, b in out.thresholds:
         ref[j] = min(ref[j], b) if out.signs[j] < 0 else max(ref[j], b)
     return ref
+
+
+def _model_reference(reference: list[float], out: Outcomes) -> torch.Tensor:
+    """(m,) ``reference`` (objectives' units) within the thresholds, in the model's space."""
+    return torch.tensor([out.to_model(j, r) for j, r in enumerate(_within(reference, out))], dtype=out.y.dtype)
 
 
 def _take(x: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
