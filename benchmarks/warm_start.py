@@ -1,9 +1,9 @@
-"""Warm start across tasks: how much sooner a study seeded from a finished one reaches the cold study's hypervolume.
+"""Warm start across tasks or models: how much sooner a study seeded from a finished one reaches the cold study's hypervolume.
 
 For every seed, on the replay objective (``benchmarks/search_quality.py``'s searches, real SQLite studies made by
 ``autopeft.study.study.create_or_load``, as ``autopeft run`` makes them):
 
-1. a *source* study searches the source table (another task) with the default sampler for ``--source-trials``;
+1. a *source* study searches the source table (another task, or another model of another depth) with the default sampler for ``--source-trials``;
 2. a *cold* study searches the target table with the default sampler for ``--trials`` trials;
 3. a *warm* study of the target table first gets ``autopeft run --warm-start``'s seeds
    (:func:`autopeft.transfer.warm_start`: the source's ``--top`` most promising plans, after the head-only anchor),
@@ -16,6 +16,12 @@ never gets there counts as ``--trials`` + 1, and is counted).
 
     python benchmarks/warm_start.py --source benchmarks/data/table_rotten_tomatoes_minilm_h200.jsonl \\
         --target benchmarks/data/table_bbc_news_minilm_steps60.jsonl --seeds 10 --trials 50 --workers 2
+
+Across models on one task: the source table of MiniLM's lower four blocks (``benchmarks/sibling_model.py`` writes
+that model; its docstring gives the command that builds the table), the target table of the whole MiniLM:
+
+    python benchmarks/warm_start.py --source benchmarks/data/table_rotten_tomatoes_minilm_l4.jsonl \\
+        --target benchmarks/data/table_rotten_tomatoes_minilm_h200.jsonl --seeds 10 --trials 50 --workers 2
 """
 
 from __future__ import annotations
@@ -105,8 +111,8 @@ def report(results: list[dict[str, Any]], target_rows: list[dict[str, Any]], tri
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--source", default=str(DEFAULT_SOURCE), help="table of the source task")
-    ap.add_argument("--target", default=str(DEFAULT_TARGET), help="table of the target task")
+    ap.add_argument("--source", default=str(DEFAULT_SOURCE), help="table of the source task or model")
+    ap.add_argument("--target", default=str(DEFAULT_TARGET), help="table of the target task or model")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--source-trials", type=int, default=50, help="trials of each source study")
     ap.add_argument("--trials", type=int, default=50, help="trials of each target study, the seeds included")

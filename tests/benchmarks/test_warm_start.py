@@ -35,3 +35,10 @@ def test_the_command_prints_both_studies_per_measure(tables, capsys):
     assert "seeds 0-1" in out and "14 plans" in out
     with pytest.raises(SystemExit, match="--trials"):
         warm_start.main(["--source", source, "--target", target, "--trials", "1"])
+
+
+def test_a_study_of_a_shallower_model_seeds_one_of_a_deeper_one(tables, shallow_table):
+    out = warm_start.run_seed((0, str(shallow_table), str(tables[1]), 10, 12, 4))
+    assert 1 <= out["seeded"] <= 4
+    assert len(out["warm"]) == 12
+    assert out["cold"][1:1 + out["seeded"]] != out["warm"][1:1 + out["seeded"]]
