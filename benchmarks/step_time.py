@@ -37,7 +37,10 @@ with other jobs leave out the time spent waiting for a core (with ``--threads 1`
 memory-bandwidth and cache contention from the other jobs still show in both). Memory: the
 activations saved for the backward (bytes of distinct tensors kept by autograd, parameters excluded; exact and
 repeatable) and the peak (CUDA allocator peak, or on CPU the peak growth of the process RSS as the proxy trainer
-measures it -- on CPU that one is noisy because freed memory is reused). Prints a Markdown table.
+measures it -- on CPU that one is noisy because freed memory is reused). Work: the floating-point operations of
+one step's matrix products and attention (``torch.utils.flop_counter.FlopCounterMode``; exact, elementwise ops not
+counted) and their ratio to the bound's: the time a configuration would take over the bound if its extra products
+ran as fast per flop as the frozen ones. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -260,6 +263,26 @@ def _saved_mib(model, batch, kind) -> float:
     return sum(seen.values()) / 2**20
 
 
+def _addmm_inplace_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``C.addmm_(A, B)``: (n, k) @ (k, m). torch's counter knows ``addmm`` and its ``out=`` form but not the
+    in-place one, which the fused LoRA kernel uses to add its low-rank products into an output."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
+def _gflop(model, batch, kind) -> float:
+    """GFLOP of one step's matrix products and attention (elementwise ops are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_inplace_flop})
+    with counter:
+        _step(model, batch, kind)
+    model.zero_grad(set_to_none=True)
+    for m in model.modules():  # as in _saved_mib: drop the routing loss that holds this step's graph
+        if isinstance(m, LoRAExperts):
+            m.aux_loss = None
+    return counter.get_total_flops() / 1e9
+
+
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -310,8 +333,9 @@ def bench_model(name: str, repeats: int, device, dtype, only: list[str] | None =
     for cfg, model, ts, cs, ps in zip(cfgs, models, times, cpus, peaks):
         with cfg.context():
             saved = _saved_mib(model, batch, cfg.kind)
+            gflop = _gflop(model, batch, cfg.kind)
         rows.append(dict(model=name, label=cfg.label, peer=cfg.peer, time=statistics.median(ts),
-                         cpu=statistics.median(cs), peak=statistics.median(ps), saved=saved))
+                         cpu=statistics.median(cs), peak=statistics.median(ps), saved=saved, gflop=gflop))
     return rows
 
 
@@ -388,8 +412,9 @@ def bench_fused_layers(name: str, repeats: int, device, dtype) -> list[dict]:
 def table(rows: list[dict], layer_rows: list[dict], cpu_clock: bool = True) -> str:
     """Markdown tables; ``cpu_clock`` adds the process-CPU columns (meaningless on CUDA, where kernels run async)."""
     cpu_head, cpu_rule = (" CPU s | CPU / bound | CPU / peer |", "---:|---:|---:|") if cpu_clock else ("", "")
-    out = [f"| model | configuration | step s (median) | / bound | / peer |{cpu_head} saved activations MiB | peak MiB |",
-           f"|---|---|---:|---:|---:|{cpu_rule}---:|---:|"]
+    out = [f"| model | configuration | step s (median) | / bound | / peer |{cpu_head} saved activations MiB | peak MiB "
+           "| GFLOP | GFLOP / bound |",
+           f"|---|---|---:|---:|---:|{cpu_rule}---:|---:|---:|---:|"]
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name]
         by_label = {r["label"]: r for r in mine}
@@ -401,7 +426,8 @@ def table(rows: list[dict], layer_rows: list[dict], cpu_clock: bool = True) -> s
             if cpu_clock:
                 cells += [f"{r['cpu']:.3f}", f"{r['cpu'] / bound['cpu']:.2f}x",
                           f"{r['cpu'] / peer['cpu']:.2f}x" if peer else ""]
-            out.append(f"| {name} | {r['label']} | {' | '.join(cells)} | {r['saved']:.0f} | {r['peak']:.0f} |")
+            out.append(f"| {name} | {r['label']} | {' | '.join(cells)} | {r['saved']:.0f} | {r['peak']:.0f} | "
+                       f"{r['gflop']:.1f} | {r['gflop'] / bound['gflop']:.3f}x |")
     cpu_head, cpu_rule = (" CPU s | CPU: {} |", "---:|---:|") if cpu_clock else ("", "")
     for title, ratio, pick, base_of in (
             ("expert layer, forward + backward", "loop / this", lambda r: r["label"].startswith("expert layer"),
