@@ -69,8 +69,12 @@ class TrialMetrics:
 #: ``length_buckets``: training batches are sorted by length within chunks of this many batches (the mega-batch
 #: factor of Hugging Face's ``LengthGroupedSampler``): enough to find similar lengths, few enough to stay random.
 BUCKET_CHUNK = 50
-#: Evaluation batches hold at most this many (padded) tokens and this many examples.
+#: Evaluation batches hold at most this many (padded) tokens and this many examples. On a GPU, few large batches
+#: keep it busy. On a CPU, small ones are faster: a batch's activations then stay in the caches between one layer's
+#: matmuls and the next (``benchmarks/eval_batches.py``: the quickstart's validation split at 1,024 tokens took
+#: 0.6x the time it took at 16,384 on the 2-core machine of docs/benchmarks.md).
 EVAL_TOKENS = 16384
+EVAL_TOKENS_CPU = 1024
 EVAL_MAX_BATCH = 512
 
 
@@ -121,13 +125,19 @@ def _collate(data: _Encoded, idx: Sequence[int] | torch.Tensor, device: torch.de
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _eval_batches(data: _Encoded) -> list[torch.Tensor]:
-    """Example indices sorted by length, cut into batches of at most EVAL_TOKENS padded tokens."""
+def eval_tokens(device: torch.device) -> int:
+    """The evaluation batches' token budget on ``device``."""
+    return EVAL_TOKENS_CPU if device.type == "cpu" else EVAL_TOKENS
+
+
+def _eval_batches(data: _Encoded, tokens: int = EVAL_TOKENS) -> list[torch.Tensor]:
+    """Example indices sorted by length, cut into batches of at most ``tokens`` padded tokens (a longer example
+    gets a batch of its own)."""
     order = torch.argsort(data.lengths, stable=True).tolist()
     lengths = data.lengths.tolist()
     batches: list[list[int]] = []
     for i in order:  # ascending length: the newest member is the longest
-        if batches and len(batches[-1]) < EVAL_MAX_BATCH and (len(batches[-1]) + 1) * lengths[i] <= EVAL_TOKENS:
+        if batches and len(batches[-1]) < EVAL_MAX_BATCH and (len(batches[-1]) + 1) * lengths[i] <= tokens:
             batches[-1].append(i)
         else:
             batches.append([i])
@@ -373,7 +383,7 @@ class ProxyTrainer:
         lower = self.cache.get((data.split, below)) if below else None
         model = self._base if self.device.type == "cpu" else copy.deepcopy(self._base).to(self.device)
         replaced = fc.install_feeder(model, below) if lower is not None else []
-        groups = _eval_batches(data)
+        groups = _eval_batches(data, eval_tokens(self.device))
         try:
             batches = ((self._inputs(data, idx), lower.gather(idx, int(data.lengths[idx].max())).to(self.device)
                         if lower is not None else None) for idx in groups)
@@ -452,9 +462,11 @@ class ProxyTrainer:
         return loss.float()
 
     @torch.inference_mode()
-    def evaluate(self, model: torch.nn.Module, data: _Encoded, batch_size: int | None = None) -> float:
-        """Score ``model`` on ``data``; batches are length-sorted, of up to EVAL_TOKENS tokens (or ``batch_size``
-        examples when given). Predictions are put back in the data's order."""
+    def evaluate(self, model: torch.nn.Module, data: _Encoded, batch_size: int | None = None,
+                 tokens: int | None = None) -> float:
+        """Score ``model`` on ``data``; batches are length-sorted, of up to ``tokens`` tokens (default:
+        :func:`eval_tokens` of the device), or of ``batch_size`` examples when given. Predictions are put back in
+        the data's order."""
         model.eval()
         start = getattr(model, fc.START_ATTR, 0)
         states = self.hidden_states(data, start) if start else None
@@ -462,7 +474,7 @@ class ProxyTrainer:
             order = torch.argsort(data.lengths, stable=True)
             batches = list(order.split(batch_size))
         else:
-            batches = _eval_batches(data)
+            batches = _eval_batches(data, tokens or eval_tokens(self.device))
         pred = torch.zeros(len(data), dtype=torch.long)
         for idx in batches:
             inputs = self._inputs(data, idx)

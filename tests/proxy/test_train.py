@@ -129,12 +129,25 @@ def test_length_buckets_only_when_asked(bert_trainer):
     assert sorted(i for b in plain for i in b) == sorted(i for b in bucketed for i in b)
 
 
+def test_evaluation_batches_hold_at_most_the_device_token_budget(bert_trainer):
+    from autopeft.proxy.train import EVAL_TOKENS, EVAL_TOKENS_CPU, _eval_batches, eval_tokens
+
+    assert eval_tokens(torch.device("cpu")) == EVAL_TOKENS_CPU < eval_tokens(torch.device("cuda")) == EVAL_TOKENS
+    data = bert_trainer.eval_data
+    for tokens in (24, 64, 200):
+        batches = _eval_batches(data, tokens)
+        assert sorted(torch.cat(batches).tolist()) == list(range(len(data)))
+        assert all(len(b) * int(data.lengths[b].max()) <= tokens for b in batches)
+        assert max(map(len, batches)) > 1
+    assert len(_eval_batches(data, 200)) < len(_eval_batches(data, 64)) < len(_eval_batches(data, 24))
+
+
 def test_evaluation_batching_does_not_change_the_score(bert_trainer):
     model = bert_trainer.build_model(LORA)
     torch.nn.init.normal_(model.classifier.weight, std=1.0)  # a head that predicts both classes
     big = bert_trainer.evaluate(model, bert_trainer.eval_data)  # token-budget batches
     small = bert_trainer.evaluate(model, bert_trainer.eval_data, batch_size=3)
-    assert big == small
+    assert big == small == bert_trainer.evaluate(model, bert_trainer.eval_data, tokens=48)
 
 
 # --------------------------------------------------------------------------- options
