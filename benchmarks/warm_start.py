@@ -12,7 +12,10 @@ For every seed, on the replay objective (``benchmarks/search_quality.py``'s sear
 Reported per measure (``project`` and ``log-nadir``, as in search_quality.py, in % of the target table's true
 front): the hypervolume of both after 10, 25 and ``--trials`` trials (mean ± standard deviation over seeds), and
 how many trials the warm study took to reach the cold study's final hypervolume (median over seeds; a seed that
-never gets there counts as ``--trials`` + 1, and is counted).
+never gets there counts as ``--trials`` + 1, and is counted). ``--replay distinct`` answers a plan the table lacks
+with the nearest recorded plan that has not answered that study yet (as ``search_quality.py --replay distinct``):
+carried plans are often far from every recorded plan of the other table, and under the nearest replay several of
+them get the same answer.
 
     python benchmarks/warm_start.py --source benchmarks/data/table_rotten_tomatoes_minilm_h200.jsonl \\
         --target benchmarks/data/table_bbc_news_minilm_steps60.jsonl --seeds 10 --trials 50 --workers 2
@@ -56,7 +59,7 @@ def study_on(table_path: str, name: str, url: str, seed: int):
     return study
 
 
-def run_seed(job: tuple[int, str, str, int, int, int]) -> dict[str, Any]:
+def run_seed(job: tuple[int, str, str, int, int, int, bool]) -> dict[str, Any]:
     """Source, cold and warm searches of one seed; their per-trial (score, trainable %)."""
     import optuna
     import torch
@@ -65,7 +68,7 @@ def run_seed(job: tuple[int, str, str, int, int, int]) -> dict[str, Any]:
     from autopeft.study.runner import quiet_libraries
     from autopeft.transfer import warm_start
 
-    seed, source_table, target_table, source_trials, trials, top = job
+    seed, source_table, target_table, source_trials, trials, top, distinct = job
     torch.set_num_threads(1)
     quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -74,12 +77,13 @@ def run_seed(job: tuple[int, str, str, int, int, int]) -> dict[str, Any]:
         url = f"sqlite:///{tmp}/studies.db"
         out: dict[str, Any] = {"seed": seed}
         source = study_on(source_table, "source", url, seed)
-        sq.drive(source.study, source.space, ReplayEvaluator(source.fidelity), source_trials)
+        sq.drive(source.study, source.space, ReplayEvaluator(source.fidelity, distinct=distinct), source_trials)
         for name in ("cold", "warm"):
             study = study_on(target_table, name, url, seed)
             if name == "warm":
                 out["seeded"] = len(warm_start(study, source, top=top))
-            out[name] = sq.drive(study.study, study.space, ReplayEvaluator(study.fidelity), trials)["values"]
+            replay = ReplayEvaluator(study.fidelity, distinct=distinct)
+            out[name] = sq.drive(study.study, study.space, replay, trials)["values"]
     return out
 
 
@@ -118,12 +122,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trials", type=int, default=50, help="trials of each target study, the seeds included")
     ap.add_argument("--top", type=int, default=8, help="plans carried over (autopeft run --warm-start-top)")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--replay", choices=("nearest", "distinct"), default="nearest",
+                    help="a plan absent from the table gets its nearest recorded plan, or (distinct) the nearest "
+                         "one that has not answered this study yet (search_quality.py's --replay)")
     args = ap.parse_args(argv)
     if args.trials < 2 or args.source_trials < 1 or args.seeds < 1:
         sys.exit("--trials must be at least 2, --source-trials and --seeds at least 1")
     source_table, _, _ = sq.replay_setup(args.source)
     target_table, _, _ = sq.replay_setup(args.target)
-    jobs = [(seed, args.source, args.target, args.source_trials, args.trials, args.top) for seed in range(args.seeds)]
+    jobs = [(seed, args.source, args.target, args.source_trials, args.trials, args.top, args.replay == "distinct")
+            for seed in range(args.seeds)]
     started = time.time()
     if args.workers > 1:
         with mp.get_context("spawn").Pool(args.workers) as pool:

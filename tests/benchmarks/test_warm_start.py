@@ -16,7 +16,7 @@ def test_reach_counts_trials_until_the_goal_or_one_past_the_end():
 
 def test_the_warm_study_starts_with_the_source_plans(tables):
     source, target = map(str, tables)
-    out = warm_start.run_seed((0, source, target, 10, 12, 4))
+    out = warm_start.run_seed((0, source, target, 10, 12, 4, False))
     assert 1 <= out["seeded"] <= 4
     assert len(out["cold"]) == len(out["warm"]) == 12
     # both start with the head-only anchor; then the cold study samples, the warm one replays the seeds
@@ -38,7 +38,7 @@ def test_the_command_prints_both_studies_per_measure(tables, capsys):
 
 
 def test_a_study_of_a_shallower_model_seeds_one_of_a_deeper_one(tables, shallow_table):
-    out = warm_start.run_seed((0, str(shallow_table), str(tables[1]), 10, 12, 4))
+    out = warm_start.run_seed((0, str(shallow_table), str(tables[1]), 10, 12, 4, True))
     assert 1 <= out["seeded"] <= 4
     assert len(out["warm"]) == 12
     assert out["cold"][1:1 + out["seeded"]] != out["warm"][1:1 + out["seeded"]]
