@@ -1,9 +1,11 @@
-"""Warm start across tasks or models: how much sooner a study seeded from a finished one reaches the cold study's hypervolume.
+"""Warm start across tasks or models: how much sooner a study seeded from a finished one reaches the cold study's
+hypervolume.
 
 For every seed, on the replay objective (``benchmarks/search_quality.py``'s searches, real SQLite studies made by
 ``autopeft.study.study.create_or_load``, as ``autopeft run`` makes them):
 
-1. a *source* study searches the source table (another task, or another model of another depth) with the default sampler for ``--source-trials``;
+1. a *source* study searches the source table (another task, or another model of another depth) with the default
+   sampler for ``--source-trials``;
 2. a *cold* study searches the target table with the default sampler for ``--trials`` trials;
 3. a *warm* study of the target table first gets ``autopeft run --warm-start``'s seeds
    (:func:`autopeft.transfer.warm_start`: the source's ``--top`` most promising plans, after the head-only anchor),

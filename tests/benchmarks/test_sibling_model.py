@@ -21,7 +21,8 @@ def test_the_sibling_keeps_the_lower_blocks_weights_and_the_tokenizer(tmp_path):
     big, _ = load_classifier(full, 2)
     small, tokenizer = load_classifier(str(out), 2)
     for i in range(2):
-        assert torch.equal(big.bert.encoder.layer[i].output.dense.weight, small.bert.encoder.layer[i].output.dense.weight)
+        kept, cut = big.bert.encoder.layer[i], small.bert.encoder.layer[i]
+        assert torch.equal(kept.output.dense.weight, cut.output.dense.weight)
     assert torch.equal(big.bert.embeddings.word_embeddings.weight, small.bert.embeddings.word_embeddings.weight)
     assert tokenizer("a good film")["input_ids"][0] == tokenizer.cls_token_id
 
