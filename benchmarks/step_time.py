@@ -257,10 +257,15 @@ def _saved_mib(model, batch, kind) -> float:
             model(inputs_embeds=embeds, labels=batch["labels"])
         else:
             model(**batch)
-    for m in model.modules():  # expert layers keep their last routing loss, and with it this forward's graph
+    _drop_routing_losses(model)
+    return sum(seen.values()) / 2**20
+
+
+def _drop_routing_losses(model) -> None:
+    """Expert layers keep their last routing loss, and with it that forward's graph: drop it."""
+    for m in model.modules():
         if isinstance(m, LoRAExperts):
             m.aux_loss = None
-    return sum(seen.values()) / 2**20
 
 
 def _addmm_inplace_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
@@ -277,9 +282,7 @@ def _gflop(model, batch, kind) -> float:
     with counter:
         _step(model, batch, kind)
     model.zero_grad(set_to_none=True)
-    for m in model.modules():  # as in _saved_mib: drop the routing loss that holds this step's graph
-        if isinstance(m, LoRAExperts):
-            m.aux_loss = None
+    _drop_routing_losses(model)
     return counter.get_total_flops() / 1e9
 
 

@@ -130,7 +130,7 @@ def eval_tokens(device: torch.device) -> int:
     return EVAL_TOKENS_CPU if device.type == "cpu" else EVAL_TOKENS
 
 
-def _eval_batches(data: _Encoded, tokens: int = EVAL_TOKENS) -> list[torch.Tensor]:
+def _eval_batches(data: _Encoded, tokens: int) -> list[torch.Tensor]:
     """Example indices sorted by length, cut into batches of at most ``tokens`` padded tokens (a longer example
     gets a batch of its own)."""
     order = torch.argsort(data.lengths, stable=True).tolist()
