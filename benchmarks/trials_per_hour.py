@@ -23,10 +23,11 @@ same plans; the script also counts how many of the first ``--plans`` uncondition
 * *autopeft unfused*: :class:`ProxyTrainer` with autopeft's BLAS kernels off (``fused_kernels(False)``);
 * *autopeft plain*: fused kernels, no length buckets, no cache (what studies made before these options train);
 * *+ buckets*: ``length_buckets``; *+ cache*: ``length_buckets`` and ``frozen_cache``;
-* *+ bf16*: buckets and cache with ``autocast="bf16"`` (on a CPU with AVX512-BF16 or AMX its matmuls run in bf16;
-  the fidelity records it, and scores move by rounding, so compare them against ``--noise-seeds``);
-* *+ pack*: :class:`autopeft.proxy.pack.PackedTrainer` with ``--pack`` trials at once, on top of buckets, cache
-  and bf16 (skipped, with the reason printed, when that module is absent);
+* *+ pooled*: buckets, cache and ``pooled_only`` (the last block's feed-forward runs for the first token alone);
+* *+ bf16*: buckets, cache and pooled with ``autocast="bf16"`` (on a CPU with AVX512-BF16 or AMX its matmuls run
+  in bf16; the fidelity records it, and scores move by rounding, so compare them against ``--noise-seeds``);
+* *+ pack*: :class:`autopeft.proxy.pack.PackedTrainer` with ``--pack`` trials at once, on top of buckets, cache,
+  pooled and bf16 (skipped, with the reason printed, when that module is absent);
 * *baseline-bf16* (a control, outside the chain): the baseline's loop under ``torch.autocast("cpu", bfloat16)``,
   what a careful user gets from mixed precision alone.
 
@@ -59,11 +60,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_table's sampler
 
-ROWS = ("baseline", "unfused", "plain", "buckets", "cache", "bf16", "pack", "baseline-bf16")
+ROWS = ("baseline", "unfused", "plain", "buckets", "cache", "pooled", "bf16", "pack", "baseline-bf16")
 #: Rows outside the chain of "x row above" and the shares: controls beside it, not steps of it.
 CONTROLS = ("baseline-bf16",)
 LABELS = {"baseline": "baseline: Optuna + peft + plain loop", "unfused": "autopeft, kernels unfused",
           "plain": "autopeft plain", "buckets": "+ length buckets", "cache": "+ frozen-layer cache",
+          "pooled": "+ pooled token only",
           "pack": "+ pack", "bf16": "+ bf16 autocast",
           "baseline-bf16": "baseline under bf16 autocast (control)"}
 
@@ -268,6 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {p.summary()}", flush=True)
 
     rows: dict[str, Callable[[list], list[dict[str, float]]]] = {}
+    fast = {"length_buckets": True, "frozen_cache": True, "pooled_only": True}  # the float32 options, all on
     skipped: dict[str, str] = {}
     for name in args.only:
         if name == "baseline":
@@ -275,8 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         elif name == "baseline-bf16":
             rows[name] = lambda ps: PeftBaseline(base, space, bf16=True).run([p for p in ps if peft_can(p)])
         elif name == "bf16":
-            rows[name] = autopeft_row(base.model_copy(update={"length_buckets": True, "frozen_cache": True,
-                                                              "autocast": "bf16"}))
+            rows[name] = autopeft_row(base.model_copy(update={**fast, "autocast": "bf16"}))
         elif name == "unfused":
             rows[name] = autopeft_row(base, unfused=True)
         elif name == "plain":
@@ -285,9 +287,10 @@ def main(argv: list[str] | None = None) -> None:
             rows[name] = autopeft_row(base.model_copy(update={"length_buckets": True}))
         elif name == "cache":
             rows[name] = autopeft_row(base.model_copy(update={"length_buckets": True, "frozen_cache": True}))
+        elif name == "pooled":
+            rows[name] = autopeft_row(base.model_copy(update=fast))
         elif name == "pack":
-            row = pack_row(base.model_copy(update={"length_buckets": True, "frozen_cache": True,
-                                                   "autocast": "bf16"}), args.pack)
+            row = pack_row(base.model_copy(update={**fast, "autocast": "bf16"}), args.pack)
             if isinstance(row, str):
                 skipped[name] = row
                 print(f"+ pack row skipped: {row}", flush=True)

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import yaml
+from tiny_proxy import save_tiny
 
 ENV = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
        **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}}
@@ -30,9 +31,12 @@ def trial_rows(db):
 def test_run_resume_show_export_apply(tmp_path):
     db = tmp_path / "study.db"
     store = ["--storage", f"sqlite:///{db}"]
-    out = cli("run", "--trials", "2", "--workers", "1", "--sampler", "random", "--study", "s1", *store, *TINY).stdout
+    opts = ["--pooled-only"]  # a throughput option: stored with the study, asked again on resume
+    out = cli("run", "--trials", "2", "--workers", "1", "--sampler", "random", "--study", "s1", *store, *TINY,
+              *opts).stdout
     assert "created" in out and "Pareto front of s1" in out and "2 complete" in out
-    out = cli("run", "--trials", "3", "--workers", "1", "--sampler", "random", "--study", "s1", *store, *TINY).stdout
+    out = cli("run", "--trials", "3", "--workers", "1", "--sampler", "random", "--study", "s1", *store, *TINY,
+              *opts).stdout
     assert "resuming" in out and "3 complete" in out
     assert [s for _, s in trial_rows(db)] == ["COMPLETE"] * 3
 
@@ -43,7 +47,7 @@ def test_run_resume_show_export_apply(tmp_path):
 
     assert "s1" in cli("study", "list", *store).stdout
     shown = cli("study", "show", "s1", "--all", *store).stdout
-    assert "Pareto front of s1" in shown and "all trials" in shown
+    assert "Pareto front of s1" in shown and "all trials" in shown and "pooled token only in the last block" in shown
 
     best = tmp_path / "best.yaml"
     cli("export", "s1", "--max-params", "100%", "-o", str(best), *store)
@@ -83,6 +87,9 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path):
     assert r.returncode == 2 and "--autocast" in r.stderr and "bf16" in r.stderr
     r = cli("run", "--frozen-cache-dtype", "bfloat16", *store, check=False)
     assert r.returncode == 2 and "--frozen-cache-dtype" in r.stderr and "--frozen-cache too" in r.stderr
+    llama = save_tiny("llama", tmp_path / "llama")
+    r = cli("run", "--pooled-only", "--model", llama, *store, check=False)  # a decoder classifies from its last token
+    assert r.returncode == 2 and "--pooled-only" in r.stderr and "'llama'" in r.stderr and "drop --pooled-only" in r.stderr
     assert not db.exists()  # nothing was written for bad input
 
     r = cli("export", "nope", "-o", str(tmp_path / "x.yaml"), "--max-params", "abc", *store, check=False)

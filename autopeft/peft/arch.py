@@ -24,6 +24,10 @@ class ArchSpec:
     ``model.base_model_prefix``); ``attention_path`` and ``site_paths`` are dotted paths inside one block.
     ``attention_path`` names the module that calls the attention function (it receives prefix key/values).
     ``embeddings_path`` (inside the base model) names the module that turns token ids into the first block's input.
+    ``pooled_cut_path`` (inside one block) names the sub-layer after which the block works on each token alone, in
+    a family whose sequence classifier reads the first token only: the last block may then cut that sub-layer's
+    output to the first token (the ``pooled_only`` fidelity option). Empty where the classifier reads another token
+    or the block adds a residual after that sub-layer returns.
     """
 
     family: str
@@ -31,6 +35,7 @@ class ArchSpec:
     attention_path: str
     site_paths: Mapping[str, str] = field(default_factory=dict)
     embeddings_path: str = ""
+    pooled_cut_path: str = ""
 
     # ---------------------------------------------------------------- config
     def num_layers(self, config: Any) -> int:
@@ -116,6 +121,9 @@ _BERT_FAMILY = ArchSpec(
         "down": "output.dense",
     },
     embeddings_path="embeddings",
+    # BertAttention returns LayerNorm(x + o(attention(x))): everything after it (the feed-forward sub-layer and its
+    # residual) reads only that output, and the classifier heads of these models read token 0 of the last block.
+    pooled_cut_path="attention",
 )
 
 _LLAMA_FAMILY = ArchSpec(

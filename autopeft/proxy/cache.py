@@ -128,10 +128,9 @@ class _PadZeros:
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
         if self.mask is None:
             return output
-        keep = self.mask[..., None]  # (B, T, 1)
-        if isinstance(output, tuple):
-            return (output[0] * keep.to(output[0].dtype), *output[1:])
-        return output * keep.to(output.dtype)
+        out = output[0] if isinstance(output, tuple) else output
+        out = out * self.mask[:, : out.shape[1], None].to(out.dtype)  # (B, T, C); T = 1 after a pooled cut
+        return (out, *output[1:]) if isinstance(output, tuple) else out
 
 
 def zero_padding_below(model: nn.Module, start: int) -> None:

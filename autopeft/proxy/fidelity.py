@@ -73,6 +73,8 @@ class Fidelity(BaseModel):
         "off", description="Mixed precision: bf16 (GPU or CPU) or fp16 (GPU only, with loss scaling).")
     gradient_checkpointing: bool = Field(False, description="Recompute block activations in the backward pass: "
                                          "less memory for long sequences, about a third more compute.")
+    pooled_only: bool = Field(False, description="The last block runs its feed-forward sub-layer for the one token "
+                              "the classifier reads (BERT-family models: the first), not for every token.")
 
     @field_validator("frozen_cache_dtype")
     @classmethod
@@ -119,6 +121,8 @@ class Fidelity(BaseModel):
             on.append(f"{self.autocast} autocast")
         if self.gradient_checkpointing:
             on.append("gradient checkpointing")
+        if self.pooled_only:
+            on.append("pooled token only in the last block")
         return on
 
 
@@ -129,7 +133,7 @@ BUDGET_FIELDS: tuple[str, ...] = ("train_examples", "steps", "batch_size", "max_
                                   "learning_rate", "warmup_ratio", "weight_decay", "aux_loss_weight", "seed")
 #: Throughput options (how the budget is spent): a retrain may change them too.
 THROUGHPUT_FIELDS: tuple[str, ...] = ("length_buckets", "frozen_cache", "frozen_cache_dtype", "compile", "autocast",
-                                      "gradient_checkpointing")
+                                      "gradient_checkpointing", "pooled_only")
 #: ``full``: epochs over the whole training split.
 FULL_EPOCHS = 3
 #: ``full``: max_length covers this share of the training texts, rounded up to a multiple of LENGTH_STEP tokens.

@@ -254,6 +254,11 @@ def check_options(fidelity: Fidelity, device: str | torch.device) -> None:
         warnings.warn("--autocast bf16: this CPU has no bf16 matrix instructions (AVX512-BF16 or AMX), so bf16 is "
                       "emulated and trials likely run slower than with --autocast off; drop --autocast unless you want "
                       "bf16 numerics", stacklevel=2)
+    if fidelity.pooled_only:
+        from autopeft.proxy.models import load_config
+        from autopeft.proxy.pooled import check_supported
+
+        check_supported(load_config(fidelity.model))
     if fidelity.compile and dev.type == "cpu" and _c_compiler() is None:
         raise StudyError("--compile: torch.compile on CPU needs a C compiler, and none was found (cc, gcc, clang or "
                          "$CC); install one (e.g. apt-get install gcc) or drop --compile")
@@ -334,14 +339,18 @@ class ProxyTrainer:
 
     def configure(self, model: torch.nn.Module, start_layer: int = 0) -> torch.nn.Module:
         """Apply the fidelity's options to a built model, in place: feed it from the cache at ``start_layer``
-        (its batches then come from ``train_batches(start_layer)``), gradient checkpointing, compile."""
+        (its batches then come from ``train_batches(start_layer)``), the last block cut to the pooled token,
+        gradient checkpointing, compile."""
         from autopeft.peft.arch import get_arch
+        from autopeft.proxy.pooled import cut_last_block
 
         f = self.fidelity
         if start_layer:
             fc.install_feeder(model, start_layer)
         elif f.frozen_cache and (frozen := self.frozen_layers(model.autopeft_plan)):
             fc.zero_padding_below(model, frozen)  # what the cache would feed, computed
+        if f.pooled_only:
+            cut_last_block(model)  # not when the cache feeds past the last block, or experts follow the cut
         if f.gradient_checkpointing:
             # Non-reentrant checkpointing: the frozen base's inputs need no gradient, and dropout masks are replayed.
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

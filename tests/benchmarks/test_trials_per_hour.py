@@ -30,24 +30,24 @@ def test_rows_report_one_table_with_the_control_outside_the_chain(capsys):
     threads = torch.get_num_threads()
     try:
         trials_per_hour.main(["--plans", "2", "--repeats", "1", "--threads", "1",
-                              "--only", "baseline", "buckets", "bf16", "baseline-bf16", "--set", *TINY])
+                              "--only", "baseline", "buckets", "pooled", "bf16", "baseline-bf16", "--set", *TINY])
     finally:
         torch.set_num_threads(threads)  # main sets the process's thread count
     out = capsys.readouterr().out
     table = out.split("the same in trials per CPU-hour")[0].split("per plan, validation score")[0]
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table.splitlines()
             if line.startswith("| ") and "---" not in line and not line.startswith("| row ")}
-    assert list(rows) == [trials_per_hour.LABELS[n] for n in ("baseline", "buckets", "bf16", "baseline-bf16")]
+    assert list(rows) == [trials_per_hour.LABELS[n] for n in ("baseline", "buckets", "pooled", "bf16", "baseline-bf16")]
     control = rows[trials_per_hour.LABELS["baseline-bf16"]]
     assert control[4] == "-"  # no "x row above": it is not a step of the chain
     assert rows[trials_per_hour.LABELS["bf16"]][4] != "-"
     for cells in rows.values():
         assert 0.0 <= float(cells[5]) <= 1.0  # mean score
     shares = next(line for line in table.splitlines() if line.startswith("share of the seconds"))
-    assert "+ bf16 autocast" in shares and "control" not in shares
+    assert "+ pooled token only" in shares and "+ bf16 autocast" in shares and "control" not in shares
     per_plan = out.split("per plan, validation score / final training loss:")[1].split("the same in")[0]
     lines = [line for line in per_plan.splitlines() if line.startswith("| ") and "---" not in line]
-    assert lines[0] == "| plan | baseline | buckets | bf16 | baseline-bf16 |" and len(lines) == 3
+    assert lines[0] == "| plan | baseline | buckets | pooled | bf16 | baseline-bf16 |" and len(lines) == 3
     for line in lines[1:]:
         for cell in line.strip("| ").split(" | ")[1:]:
             score, loss = (float(v) for v in cell.split(" / "))

@@ -11,20 +11,21 @@ def test_a_fidelity_stored_before_the_throughput_options_means_what_it_meant():
     for name in THROUGHPUT_FIELDS:
         stored.pop(name)  # as written by a version without them
     old = Fidelity(**stored)
-    assert (old.length_buckets, old.frozen_cache, old.compile, old.gradient_checkpointing) == (False,) * 4
+    assert (old.length_buckets, old.frozen_cache, old.compile, old.gradient_checkpointing, old.pooled_only) == (
+        False,) * 5
     assert (old.frozen_cache_dtype, old.autocast) == ("float32", "off")
     assert old == Fidelity(steps=30) and old.options() == []
 
 
 def test_options_are_recorded_and_described():
     f = Fidelity(length_buckets=True, frozen_cache=True, frozen_cache_dtype="bfloat16", autocast="bf16",
-                 gradient_checkpointing=True, compile=True)
+                 gradient_checkpointing=True, compile=True, pooled_only=True)
     assert f != Fidelity()  # trials with other options are another fidelity: never mixed
     assert {k: f.model_dump()[k] for k in THROUGHPUT_FIELDS} == {
         "length_buckets": True, "frozen_cache": True, "frozen_cache_dtype": "bfloat16", "compile": True,
-        "autocast": "bf16", "gradient_checkpointing": True}
+        "autocast": "bf16", "gradient_checkpointing": True, "pooled_only": True}
     assert f.describe().endswith("length buckets, frozen-layer cache (bfloat16), compiled, bf16 autocast, "
-                                 "gradient checkpointing")
+                                 "gradient checkpointing, pooled token only in the last block")
 
 
 def test_bad_option_values_name_the_flag():

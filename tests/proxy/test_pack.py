@@ -7,6 +7,7 @@ from autopeft.plan import ModuleSpec as M
 from autopeft.plan import PeftPlan
 from autopeft.proxy.fidelity import Fidelity
 from autopeft.proxy.pack import PackedTrainer, PackError, RowSplit, check_pack
+from autopeft.proxy.pooled import is_cut
 from autopeft.proxy.train import ProxyTrainer, TrialFailed
 from tiny_proxy import save_tiny, write_toy_task
 
@@ -64,6 +65,20 @@ def test_packed_trials_apply_the_fidelity_options(options, models, task):
         assert b.train_loss == pytest.approx(a.train_loss, rel=2e-2 if loose else 1e-5)
         if not loose:
             assert b.score == a.score
+
+
+def test_packed_trials_equal_solo_trials_with_the_last_block_cut(models, task):
+    """``pooled_only`` in a pack: its last block is cut unless a trial puts LoRA experts after the cut there."""
+    experts = PeftPlan.from_modules(2, {1: [M("lora_experts", "up", 2, num_experts=2, top_k=1)]})
+    trainer = _trainer(models, "bert", task, pooled_only=True, frozen_cache=True)
+    for plans, cut in ((PLANS[:4], True), ([PLANS[0], experts], False)):
+        pack = PackedTrainer(trainer, len(plans))
+        assert is_cut(pack.packed_model([pack.build_model(p) for p in plans])[0]) == cut
+        alone = [trainer.run(p) for p in plans]
+        for a, b in zip(alone, pack.run_many(plans)):
+            assert b.score == a.score and b.train_loss == pytest.approx(a.train_loss, rel=1e-5)
+            for name, tensor in a.adapter_state.items():
+                torch.testing.assert_close(b.adapter_state[name], tensor, rtol=1e-4, atol=1e-5)
 
 
 def test_packed_trials_equal_solo_trials_with_the_frozen_layer_cache(models, task):
