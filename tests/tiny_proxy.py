@@ -46,3 +46,20 @@ def write_toy_task(path: Path, n: int = 240) -> str:
             words = [WORDS[i % 8], WORDS[(i // 8) % 8], "good" if label else "bad"] + [WORDS[(i * 3) % 8]] * (i % 13)
             w.writerow([" ".join(words), label])
     return str(path)
+
+
+def tiny_task_and_models(root: Path, examples: int, dropout: float, layers: int) -> tuple[str, dict[str, str]]:
+    """A toy task of ``examples`` rows and a tiny BERT and LLaMA of ``layers`` blocks, saved under ``root``."""
+    task = write_toy_task(Path(root) / "toy.csv", examples)
+    return task, {kind: save_tiny(kind, Path(root) / kind, dropout=dropout, layers=layers) for kind in ("bert", "llama")}
+
+
+def perturb_trainable(model: torch.nn.Module, seed: int = 7, scale: float = 0.1) -> torch.nn.Module:
+    """Move every trainable tensor by seeded noise, as training would: modules initialised to a no-op (LoRA's
+    B = 0, ...) then change the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model

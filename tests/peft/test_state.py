@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_proxy import perturb_trainable
 
 from autopeft.errors import PlanError
 from autopeft.peft import adapter_state_dict, apply_plan, load_adapter_state_dict
@@ -12,13 +13,7 @@ from autopeft.plan import ModuleSpec, PeftPlan
 
 def _trained(tiny, kind, plan_name, seed=0):
     """A model whose new tensors (and head) moved away from their init, as after training."""
-    model = apply_plan(tiny.build(kind), tiny.plan(plan_name), seed=seed)
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
+    return perturb_trainable(apply_plan(tiny.build(kind), tiny.plan(plan_name), seed=seed))
 
 
 def test_round_trip_into_a_fresh_model_gives_identical_outputs(tiny, kind, plan_name):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_proxy import save_tiny, write_toy_task
+from tiny_proxy import tiny_task_and_models
 
 from autopeft.errors import StudyError
 from autopeft.peft.arch import get_arch
@@ -32,10 +32,7 @@ def _every_method() -> list[M]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache")
-    task = write_toy_task(root / "toy.csv", 160)
-    models = {kind: save_tiny(kind, root / kind, dropout=0.1, layers=LAYERS) for kind in ("bert", "llama")}
-    return task, models
+    return tiny_task_and_models(tmp_path_factory.mktemp("cache"), 160, dropout=0.1, layers=LAYERS)
 
 
 def _fidelity(setup, kind, **kw) -> Fidelity:

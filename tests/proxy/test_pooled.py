@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_proxy import save_tiny, write_toy_task
+from tiny_proxy import perturb_trainable, tiny_task_and_models
 
 from autopeft.errors import StudyError
 from autopeft.peft.arch import get_arch
@@ -34,10 +34,7 @@ def _every_method() -> list[M]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pooled")
-    task = write_toy_task(root / "toy.csv", 96)
-    models = {kind: save_tiny(kind, root / kind, dropout=0.0, layers=LAYERS) for kind in ("bert", "llama")}
-    return task, models
+    return tiny_task_and_models(tmp_path_factory.mktemp("pooled"), 96, dropout=0.0, layers=LAYERS)
 
 
 def _fidelity(setup, kind="bert", **kw) -> Fidelity:
@@ -47,23 +44,12 @@ def _fidelity(setup, kind="bert", **kw) -> Fidelity:
     return Fidelity(**{**base, **kw})
 
 
-def _with_params(model):
-    """Give every trainable tensor random values, so that modules initialised to a no-op (LoRA's B = 0, ...)
-    take part in the comparison."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model
-
-
 @pytest.mark.parametrize("spec", _every_method(), ids=lambda s: f"{s.method}-{s.site}-{s.variant}")
 def test_a_cut_last_block_gives_the_same_logits_and_gradients(setup, spec):
     trainer = ProxyTrainer(_fidelity(setup))
     plan = PeftPlan.from_modules(LAYERS, {1: [M("lora", "q", 2)], LAST: [spec]})
-    full = _with_params(trainer.build_model(plan)).train()
-    cut = _with_params(trainer.build_model(plan)).train()
+    full = perturb_trainable(trainer.build_model(plan)).train()
+    cut = perturb_trainable(trainer.build_model(plan)).train()
     assert cut_reason(cut) is None and cut_last_block(cut) and is_cut(cut)
     batch = trainer._inputs(trainer.train_data, torch.arange(8))
     labels = trainer.train_data.labels[:8]
