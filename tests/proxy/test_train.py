@@ -195,10 +195,11 @@ def test_the_cpu_bf16_probe_answers_from_torch(monkeypatch):
 
 @pytest.mark.slow  # ~40 s on 2 cores: inductor compiles the forward, backward and inference graphs
 @pytest.mark.skipif(proxy_train._c_compiler() is None, reason="torch.compile on CPU needs a C compiler (cc/gcc/clang)")
-def test_compiled_blocks_give_the_same_losses(tmp_path, toy_task):
+@pytest.mark.parametrize("pooled", [False, True], ids=["whole", "pooled-only"])
+def test_compiled_blocks_give_the_same_losses(tmp_path, toy_task, pooled):
     model = save_tiny("bert", tmp_path / "bert", dropout=0.0, layers=1)  # inductor draws its own dropout masks
     fid = Fidelity(model=model, task=toy_task, steps=2, batch_size=8, train_examples=32, eval_examples=8,
-                   max_length=24)
+                   max_length=24, pooled_only=pooled)  # pooled: the block's cut is traced into the compiled graph
     plan = PeftPlan.from_modules(1, {0: [ModuleSpec("lora", "q", 4)]})
     eager = ProxyTrainer(fid)
     compiled = ProxyTrainer(fid.model_copy(update={"compile": True}))
