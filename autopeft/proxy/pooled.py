@@ -37,22 +37,27 @@ def check_supported(config: Any) -> None:
             + ", ".join(sorted(t for t, a in ARCHS.items() if a.pooled_cut_path)) + ")")
 
 
-def cut_reason(model: nn.Module) -> str | None:
-    """Why ``model``'s last block must run every token (``None``: it may be cut)."""
+def _cut_site(model: nn.Module) -> tuple[nn.Module | None, str | None]:
+    """The last block's sub-layer whose output is cut, or ``None`` and why the block must run every token."""
     arch = get_arch(model)
     if not arch.pooled_cut_path:
-        return f"the {arch.family} family's classifier does not read the first token"
+        return None, f"the {arch.family} family's classifier does not read the first token"
     last = arch.layers(model)[-1]
     try:
         kept = last.get_submodule(arch.pooled_cut_path)
     except AttributeError:
-        return ("the last block is not the model's own (the frozen-layer cache feeds past it, or packed trials "
-                "split it)")
+        return None, ("the last block is not the model's own (the frozen-layer cache feeds past it, or packed trials "
+                      "split it)")
     kept_ids = {id(m) for m in kept.modules()}
     if any(isinstance(m, LoRAExperts) and id(m) not in kept_ids for m in last.modules()):
-        return "LoRA experts after the attention sub-layer of the last block average their load-balancing loss " \
-               "over every token"
-    return None
+        return None, ("LoRA experts after the attention sub-layer of the last block average their load-balancing "
+                      "loss over every token")
+    return kept, None
+
+
+def cut_reason(model: nn.Module) -> str | None:
+    """Why ``model``'s last block must run every token (``None``: it may be cut)."""
+    return _cut_site(model)[1]
 
 
 class _FirstToken:
@@ -64,22 +69,21 @@ class _FirstToken:
         return output[:, :1]
 
 
+def is_cut(model: nn.Module) -> bool:
+    return getattr(model, CUT_ATTR, None) is not None
+
+
 def cut_last_block(model: nn.Module) -> bool:
     """Make ``model``'s last block run its remaining sub-layers for the first token only, in place; ``False`` (and
     nothing changed) when :func:`cut_reason` gives a reason. The model's other outputs than the classifier's logits
     (the last block's hidden states) then hold one position."""
-    if getattr(model, CUT_ATTR, None) is not None:
+    if is_cut(model):
         return True
-    if cut_reason(model) is not None:
+    sub, _ = _cut_site(model)
+    if sub is None:
         return False
-    arch = get_arch(model)
-    sub = arch.layers(model)[-1].get_submodule(arch.pooled_cut_path)
     setattr(model, CUT_ATTR, sub.register_forward_hook(_FirstToken()))
     return True
-
-
-def is_cut(model: nn.Module) -> bool:
-    return getattr(model, CUT_ATTR, None) is not None
 
 
 __all__ = ["CUT_ATTR", "check_supported", "cut_last_block", "cut_reason", "is_cut"]
