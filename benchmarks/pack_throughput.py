@@ -1,17 +1,23 @@
 """Trials per hour with ``--pack K`` against one trial at a time, the same plans on the same trainer.
 
     python benchmarks/pack_throughput.py [--device cpu|cuda] [--pack 8] [--plans 8] [--repeats 3]
-                                         [--autocast off|bf16] [--set steps=40 ...] [--threads 2]
+                                         [--autocast off|bf16] [--set steps=40 ...] [--threads 2] [--procs N]
 
 One :class:`~autopeft.proxy.train.ProxyTrainer` at the quickstart budget (the default fidelity, length buckets on;
 ``--set FIELD=VALUE`` overrides fields) is built once; each repeat then trains ``--plans`` plans sampled (seeded)
-from ``search_spaces/full.yaml`` (build_table.py's density sampler) two ways, in turn:
+from ``search_spaces/full.yaml`` (build_table.py's density sampler) two or three ways, in turn:
 
 * *one at a time*: ``ProxyTrainer.run`` per plan (what a worker without ``--pack`` does);
-* *pack K*: ``PackedTrainer(trainer, K).run_many`` (what ``autopeft worker --pack K`` does).
+* *pack K*: ``PackedTrainer(trainer, K).run_many`` (what ``autopeft worker --pack K`` does);
+* with ``--procs N``, also *N processes*: N worker processes on the same device, each with its own trainer
+  (model, data, CUDA context) training its share of the plans one at a time -- what ``autopeft run --workers N``
+  or N ``autopeft worker`` processes on one machine do. Each process sets up first (not timed, like the trainer
+  above: a worker sets up once and then trains for hours); the clock runs from the moment all N are ready until the
+  last one is done. On a GPU a small proxy's step is bound by the host issuing thousands of small kernels, and N
+  processes issue them from N cores at once.
 
 Reported: trials per hour of each (plans over wall seconds, the median over repeats), the ratio, and the largest
-per-plan difference of validation score and final training loss between the two ways (packing draws dropout
+per-plan difference of validation score and final training loss against one at a time (packing draws dropout
 masks for the whole pack: the differences are seeded noise, and without dropout they vanish -- see
 tests/proxy/test_pack.py). The GPU goal of the proxy-throughput work is ``--pack 8`` at >= 4x on a GPU.
 """
@@ -46,7 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--autocast", default="off", choices=("off", "bf16"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="fidelity overrides, e.g. steps=40")
+    ap.add_argument("--procs", type=int, default=0, metavar="N",
+                    help="also time N worker processes on the device, each training its share one at a time")
     args = ap.parse_args(argv)
+    if args.procs < 0 or args.procs > args.plans:
+        ap.error(f"--procs: must be between 0 and --plans ({args.plans}); got {args.procs}")
     torch.set_num_threads(args.threads)
 
     from build_table import sample_params
@@ -68,25 +78,22 @@ def main(argv: list[str] | None = None) -> None:
     trainer = ProxyTrainer(fidelity, args.device)
     setup = time.perf_counter() - t0
     packer = PackedTrainer(trainer, args.pack)
+    _timed(device, lambda: trainer.run(plans[0]))  # warm-up, not counted: CUDA kernels chosen, caches filled
 
-    rates: dict[str, list[float]] = {"one at a time": [], f"pack {args.pack}": []}
+    ways = [("one at a time", lambda: _timed(device, lambda: [trainer.run(p) for p in plans])),
+            (f"pack {args.pack}", lambda: _timed(device, lambda: packer.run_many(plans)))]
+    if args.procs:
+        ways.append((f"{args.procs} processes", lambda: _in_processes(args.procs, fidelity, args, plans)))
+    rates: dict[str, list[float]] = {name: [] for name, _ in ways}
     last: dict[str, list] = {}
     for r in range(args.repeats):
-        for name, run in (("one at a time", lambda: [trainer.run(p) for p in plans]),
-                          (f"pack {args.pack}", lambda: packer.run_many(plans))):
-            _sync(device)
-            start = time.perf_counter()
-            results = run()
-            _sync(device)
-            wall = time.perf_counter() - start
+        for name, run in ways:
+            wall, results = run()
             rates[name].append(3600 * len(plans) / wall)
             last[name] = results
             print(f"repeat {r + 1}: {name}: {wall:.1f} s for {len(plans)} plans", flush=True)
 
-    alone, packed = last["one at a time"], last[f"pack {args.pack}"]
-    failed = [i for i, m in enumerate(packed) if isinstance(m, Exception)] + \
-             [i for i, m in enumerate(alone) if isinstance(m, Exception)]
-    pairs = [(a, b) for i, (a, b) in enumerate(zip(alone, packed)) if i not in failed]
+    alone = last["one at a time"]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     base = statistics.median(rates["one at a time"])
     print(f"\n{card} · torch {torch.__version__} · {fidelity.describe()} · length buckets, autocast {args.autocast} · "
@@ -96,11 +103,82 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|")
     for name, values in rates.items():
         print(f"| {name} | {statistics.median(values):.1f} | {statistics.median(values) / base:.2f}x |")
-    if pairs:
-        print(f"\nlargest per-plan difference, pack vs alone: validation score "
-              f"{max(abs(a.score - b.score) for a, b in pairs):.4f}, final training loss "
-              f"{max(abs(a.train_loss - b.train_loss) for a, b in pairs):.4f} ({len(pairs)} plans"
-              + (f"; failed: {failed}" if failed else "") + ")")
+    for name, results in last.items():
+        if name != "one at a time":
+            print(_difference(name, alone, results))
+
+
+def _timed(device: torch.device, run) -> tuple[float, list]:
+    """(wall seconds, results) of ``run()``, with the device drained before and after."""
+    _sync(device)
+    start = time.perf_counter()
+    results = run()
+    _sync(device)
+    return time.perf_counter() - start, results
+
+
+def _difference(name: str, alone: list, other: list) -> str:
+    """The largest per-plan difference of validation score and final training loss between two ways."""
+    failed = [i for i, m in enumerate(other) if isinstance(m, Exception)] + \
+             [i for i, m in enumerate(alone) if isinstance(m, Exception)]
+    pairs = [(a, b) for i, (a, b) in enumerate(zip(alone, other)) if i not in failed]
+    if not pairs:
+        return f"\n{name}: no plan finished both ways (failed: {failed})"
+    return (f"\nlargest per-plan difference, {name} vs one at a time: validation score "
+            f"{max(abs(a.score - b.score) for a, b in pairs):.4f}, final training loss "
+            f"{max(abs(a.train_loss - b.train_loss) for a, b in pairs):.4f} ({len(pairs)} plans"
+            + (f"; failed: {failed}" if failed else "") + ")")
+
+
+def _worker(rank: int, procs: int, fidelity_dump: dict, device: str, threads: int, plans: list, ready, go, out) -> None:
+    """One worker process: set up a trainer, say so, wait for the start, train every procs-th plan one at a time."""
+    torch.set_num_threads(threads)
+    from autopeft.proxy.fidelity import Fidelity
+    from autopeft.proxy.train import ProxyTrainer
+
+    trainer = ProxyTrainer(Fidelity.build(fidelity_dump), device)
+    trainer.run(plans[rank])  # warm-up, as the in-process ways had theirs (kernels chosen, caches filled)
+    ready.put(rank)
+    go.wait()
+    for i in range(rank, len(plans), procs):
+        try:
+            m = trainer.run(plans[i])
+            out.put((i, m.score, m.train_loss))
+        except Exception as exc:  # a failed trial is reported, as run_many reports it
+            out.put((i, None, repr(exc)))
+    _sync(torch.device(device))
+    out.put((-1, rank, None))
+
+
+def _in_processes(procs: int, fidelity, args, plans: list) -> tuple[float, list]:
+    """(wall seconds from all ready to all done, per-plan results) of ``procs`` worker processes."""
+    import multiprocessing as mp
+    from types import SimpleNamespace
+
+    ctx = mp.get_context("spawn")  # a CUDA context cannot be forked
+    ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    workers = [ctx.Process(target=_worker, args=(r, procs, fidelity.model_dump(), args.device, args.threads, plans,
+                                                 ready, go, out)) for r in range(procs)]
+    for w in workers:
+        w.start()
+    for _ in workers:
+        ready.get(timeout=900)
+    start = time.perf_counter()
+    go.set()
+    results: list = [None] * len(plans)
+    done = 0
+    while done < procs:
+        i, a, b = out.get(timeout=3600)
+        if i < 0:
+            done += 1
+        else:
+            results[i] = SimpleNamespace(score=a, train_loss=b) if a is not None else RuntimeError(b)
+    wall = time.perf_counter() - start
+    for w in workers:
+        w.join()
+        if w.exitcode:
+            raise RuntimeError(f"a worker process exited with {w.exitcode}")
+    return wall, results
 
 
 if __name__ == "__main__":
