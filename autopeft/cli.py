@@ -224,12 +224,14 @@ def worker(
     max_retry: int = MaxRetryOpt,
     outage_deadline: float = OutageOpt,
     pack: int = PackOpt,
+    processes: int = typer.Option(1, "--processes", min=1, help="Worker processes to start, all on --device; on a GPU several keep a small proxy busy (docs/scale_out.md)."),
 ) -> None:
-    """Claim and train trials of an existing study until told to stop: one at a time, or --pack K together.
+    """Claim and train trials of an existing study until told to stop: one at a time, or --pack K together;
+    --processes N runs N such workers at once.
 
     SIGTERM or Ctrl-C hands the running trials back to the queue and exits 0.
     """
-    from autopeft.study.runner import WorkerSpec, worker_main
+    from autopeft.study.runner import WorkerSpec, run_workers
     from autopeft.study.storage import storage_url
 
     try:
@@ -242,15 +244,16 @@ def worker(
         from autopeft.proxy.pack import pack_note
 
         _note(pack_note(pack, device))
-        stats = worker_main(WorkerSpec(storage_url(storage), study, sampler=sampler, n_trials=trials,
-                                       max_trials=max_trials, device=device, threads=threads,
-                                       idle_timeout=idle_timeout, heartbeat_interval=heartbeat_interval,
-                                       grace_period=grace_period, max_retry=max_retry,
-                                       outage_deadline=outage_deadline, pack=pack))
+        spec = WorkerSpec(storage_url(storage), study, sampler=sampler, n_trials=trials, max_trials=max_trials,
+                          device=device, threads=threads, idle_timeout=idle_timeout,
+                          heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry,
+                          outage_deadline=outage_deadline, pack=pack)
+        all_stats = run_workers(spec, processes)
     except AutopeftError as exc:
         _fail(exc)
-    console.print(f"worker finished: {stats.completed} complete, {stats.failed} failed; {stats.exit_reason}",
-                  highlight=False)
+    for stats in all_stats:
+        console.print(f"worker finished: {stats.completed} complete, {stats.failed} failed; {stats.exit_reason}",
+                      highlight=False)
 
 
 @app.command()

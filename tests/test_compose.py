@@ -43,7 +43,8 @@ def test_services_run_real_commands():
         argv = [expand(a) for a in services[name]["command"]]
         ctx = parse(argv)
         assert ctx.info_name == argv[1]
-    assert parse([expand(a) for a in services["worker"]["command"]]).params["device"] == "cuda:0"
+    worker = parse([expand(a) for a in services["worker"]["command"]]).params
+    assert worker["device"] == "cuda:0" and worker["processes"] == 1
     assert parse([expand(a) for a in services["dashboard"]["command"]]).params["host"] == "0.0.0.0"
 
 

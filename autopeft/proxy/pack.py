@@ -75,12 +75,18 @@ def check_pack(k: int, objectives: Sequence[str], fidelity: Fidelity | None = No
 
 
 def pack_note(k: int, device: str) -> str | None:
-    """What to tell a user who packs trials on a CPU, where packing measured slower than one trial at a time."""
+    """What to tell a user who packs trials: on a CPU packing measured slower than one trial at a time, and on a GPU
+    several worker processes measured faster than one packed worker."""
     try:
-        on_cpu = torch.device(device).type == "cpu"
+        kind = torch.device(device).type
     except (RuntimeError, ValueError):  # not a device name: the trainer refuses it, naming the flag
         return None
-    if k > 1 and on_cpu:
+    if k > 1 and kind == "cuda":
+        return (f"--pack {k} on a GPU: a small proxy's step is bound by the host issuing its many small kernels, and "
+                "several worker processes on one GPU measured more trials per hour than one worker packing as many "
+                "trials (docs/benchmarks.md, \"GPU check\"). Where the base model fits on the card several times, "
+                "add processes: `autopeft worker --processes N` or `autopeft run --workers N`.")
+    if k > 1 and kind == "cpu":
         return (f"--pack {k} on a CPU: trials trained together do the same arithmetic as one at a time, and the "
                 "frozen-layer cache saves less (a pack runs from its lowest plan's block), so packing measured slower "
                 "than one trial at a time on CPU (docs/benchmarks.md, \"Trials per hour\"). Use --pack 1 on CPU "

@@ -5,8 +5,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import queue
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from optuna.trial import TrialState
@@ -135,6 +136,60 @@ def worker_main(spec: WorkerSpec, evaluator_factory: Callable | None = None):
 
 def _process_entry(spec: WorkerSpec) -> None:
     worker_main(spec)
+
+
+def _reporting_entry(spec: WorkerSpec, results) -> None:
+    results.put(worker_main(spec))
+
+
+def run_workers(spec: WorkerSpec, processes: int) -> list:
+    """``processes`` workers of ``spec``, each in a process of its own on this machine and all on ``spec.device``;
+    returns their :class:`~autopeft.study.worker.WorkerStats` once every one has stopped.
+
+    On a GPU a small proxy's training step is bound by the host issuing thousands of small kernels, not by the
+    card: several processes issue them from several cores at once (docs/scale_out.md). Each process gets
+    ``spec.threads`` CPU threads, by default the machine's cores shared out. SIGTERM is passed on to every worker
+    (Ctrl-C reaches them from the terminal), and each hands its running trial back.
+    """
+    if processes < 1:
+        raise StudyError(f"--processes: must be at least 1 (got {processes}); use 1 for one worker process")
+    if processes == 1:
+        return [worker_main(spec)]
+    if spec.threads is None:
+        spec = replace(spec, threads=max(1, (os.cpu_count() or 1) // processes))
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_reporting_entry, args=(spec, results), daemon=False) for _ in range(processes)]
+
+    def forward(signum, frame):  # SIGTERM to this process: every worker hands its trial back and reports
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    for p in procs:
+        p.start()
+    # Ctrl-C reaches the workers from the terminal (one process group); this process only waits for their reports.
+    # (Installed after the start: an ignored SIGINT would be inherited by the workers.)
+    previous = signal.signal(signal.SIGTERM, forward), signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stats: list = []
+    try:
+        while len(stats) < processes:
+            try:
+                stats.append(results.get(timeout=1.0))
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs) and results.empty():
+                    break  # a worker died without reporting
+    finally:
+        for p in procs:
+            p.join()
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+    crashed = [p.exitcode for p in procs if p.exitcode != 0]
+    if crashed:
+        raise StudyError(f"{len(crashed)} of {len(procs)} worker process(es) failed (exit codes {crashed}); "
+                         "their error is printed above, and their running trials are re-queued once the grace "
+                         "period passes: fix the cause and start the workers again")
+    return stats
 
 
 def run_study(

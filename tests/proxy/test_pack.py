@@ -164,11 +164,12 @@ def test_with_dropout_packing_stays_within_seeded_noise(models, task):
         assert abs(packed[i] - solo[0][i]) <= 2 * spread
 
 
-def test_packing_on_a_cpu_comes_with_a_note():
+def test_packing_comes_with_a_note_for_the_device():
     from autopeft.proxy.pack import pack_note
 
     assert "--pack 4 on a CPU" in pack_note(4, "cpu") and "Use --pack 1" in pack_note(4, "cpu")
-    assert pack_note(1, "cpu") is None and pack_note(8, "cuda:0") is None and pack_note(8, "not-a-device") is None
+    assert "--pack 8 on a GPU" in pack_note(8, "cuda:0") and "--processes N" in pack_note(8, "cuda:0")
+    assert pack_note(1, "cpu") is None and pack_note(1, "cuda") is None and pack_note(8, "not-a-device") is None
 
 
 def test_pack_option_is_checked():

@@ -115,6 +115,35 @@ def test_four_workers_and_a_proposer_on_sqlite(tmp_path, study_name):
     assert_exactly(url, study_name, 200, outs)
 
 
+def test_one_worker_command_runs_several_processes(tmp_path, study_name):
+    """`autopeft worker --processes 3`: three workers (three ids), each reporting; every trial runs exactly once."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    cli("run", *SYNTHETIC, "--trial-seconds", "0.2", "--workers", "0", "--study", study_name, "--storage", url)
+    out = cli("worker", "--study", study_name, "--storage", url, "--trials", "12", "--sampler", "random",
+              "--processes", "3").stdout
+    assert out.count("worker finished:") == 3
+    assert_exactly(url, study_name, 12, [out])
+    st = load(open_storage(url), study_name)
+    assert len({t.user_attrs["worker"] for t in st.trials((TrialState.COMPLETE,))}) > 1
+
+
+def test_sigterm_to_a_several_process_worker_hands_every_trial_back(tmp_path, study_name):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    cli("run", *SYNTHETIC, "--trial-seconds", "60", "--workers", "0", "--study", study_name, "--storage", url)
+    log = tmp_path / "worker.log"
+    proc = start("worker", "--study", study_name, "--storage", url, "--sampler", "random", "--processes", "2", log=log)
+    st = load(open_storage(url), study_name)
+    running = wait_for(lambda: len(r := [t for t in st.trials((TrialState.RUNNING,)) if "plan" in t.user_attrs]) == 2
+                       and r, 180, "both workers to start a trial")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log.read_text()
+    trials = {t.number: t for t in st.trials()}
+    for t in running:
+        assert trials[t.number].state == TrialState.FAIL and "handed back" in trials[t.number].user_attrs["fail_reason"]
+    assert st.count(TrialState.RUNNING) == 0
+    assert log.read_text().count("worker finished: 0 complete") == 2
+
+
 def test_kill_9_mid_trial_is_retried_by_another_worker(tmp_path, study_name):
     """A worker killed while training a real proxy trial: its trial is failed by heartbeat, re-queued
     and completed by the other worker; the study ends with exactly the asked number of trials."""
