@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import signal
 import queue
+import signal
+import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
 from optuna.trial import TrialState
 
-from autopeft.errors import StudyError
+from autopeft.errors import AutopeftError, StudyError
 from autopeft.proxy.fidelity import Fidelity
 from autopeft.study.retry import DEFAULT_OUTAGE_DEADLINE
 from autopeft.study.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, MAX_RETRY, open_storage
@@ -139,7 +140,11 @@ def _process_entry(spec: WorkerSpec) -> None:
 
 
 def _reporting_entry(spec: WorkerSpec, results) -> None:
-    results.put(worker_main(spec))
+    try:
+        results.put(worker_main(spec))
+    except AutopeftError as exc:  # the message names the field and the fix; no traceback
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def run_workers(spec: WorkerSpec, processes: int) -> list:
@@ -155,6 +160,11 @@ def run_workers(spec: WorkerSpec, processes: int) -> list:
         raise StudyError(f"--processes: must be at least 1 (got {processes}); use 1 for one worker process")
     if processes == 1:
         return [worker_main(spec)]
+    # What every worker would check first, checked once here: a bad study or --pack fails before any process starts.
+    from autopeft.proxy.pack import check_pack
+
+    study = load(open_storage(spec.storage), spec.study)
+    check_pack(spec.pack, study.objectives, study.fidelity)
     if spec.threads is None:
         spec = replace(spec, threads=max(1, (os.cpu_count() or 1) // processes))
     ctx = mp.get_context("spawn")

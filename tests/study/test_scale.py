@@ -127,6 +127,14 @@ def test_one_worker_command_runs_several_processes(tmp_path, study_name):
     assert len({t.user_attrs["worker"] for t in st.trials((TrialState.COMPLETE,))}) > 1
 
 
+def test_several_process_worker_refuses_a_missing_study_before_starting(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = subprocess.run([sys.executable, "-m", "autopeft", "worker", "--study", "nope", "--storage", url,
+                           "--processes", "2"], capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 2
+    assert "no study named 'nope'" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
 def test_sigterm_to_a_several_process_worker_hands_every_trial_back(tmp_path, study_name):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     cli("run", *SYNTHETIC, "--trial-seconds", "60", "--workers", "0", "--study", study_name, "--storage", url)
