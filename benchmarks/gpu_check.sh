@@ -7,15 +7,19 @@
 #   3. runs benchmarks/step_time.py on CUDA in bfloat16 (5 repeats) and keeps its Markdown tables (whole steps,
 #      the expert layer, one site of each adapter/IA3/SSF kernel against its unfused twin);
 #   4. runs benchmarks/pack_throughput.py on CUDA with bf16 autocast: 8 plans at the quickstart budget, one at a
-#      time against `--pack 8` (the goal: >= 4x trials per hour).
+#      time against `--pack 8` (the goal: >= 4x trials per hour) and against 8 worker processes (--procs 8);
+#   (Where a trial's time goes on the card is a separate run, about a minute:
+#    python benchmarks/trial_phases.py --device cuda --autocast bf16 --plans 8 --set steps=30)
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        (default: $OUT if set, else ./gpu_check)
 #
 # Needs torch with CUDA, triton, transformers, peft and pytest in $PYTHON (default: python), e.g. a CUDA build of
 # torch, then `pip install -e ".[gpu,test]"`. Every step has its own time limit; a failed step is recorded and the
 # next one still runs; the exit status is non-zero if any step failed.
-# Limits from the H200 run (benchmarks/data/gpu_check_h200/): parity took 33 s, step_time 37 s, and the pack step
-# needs about 130 s (84 s one at a time + 42 s packed), so it gets 200 s; the five limits add up to 470 s.
+# Limits from the two H200 runs (benchmarks/data/gpu_check_h200*/): parity took 32-34 s, step_time 37-50 s. The pack
+# step took 228 s with --procs 8: 71-84 s one at a time, 36-42 s packed, 11 s with 8 processes, and about 85 s for
+# the processes to start, load the model and train their untimed warm-up trial side by side. It gets 270 s; the
+# five limits add up to 470 s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu_check}}
@@ -40,8 +44,9 @@ import torch, triton, transformers, peft
 assert torch.cuda.is_available(), 'torch sees no CUDA device'
 print('card', torch.cuda.get_device_name(), '| torch', torch.__version__, 'cuda', torch.version.cuda,
       '| triton', triton.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
-step parity 90 "$py" -m pytest tests/kernels -q -p no:cacheprovider -rs
-step step_time_bf16 120 "$py" benchmarks/step_time.py --device cuda --dtype bfloat16 --repeats 5
-step pack_bf16 200 "$py" benchmarks/pack_throughput.py --device cuda --autocast bf16 --pack 8 --plans 8 --repeats 1
+step parity 60 "$py" -m pytest tests/kernels -q -p no:cacheprovider -rs
+step step_time_bf16 80 "$py" benchmarks/step_time.py --device cuda --dtype bfloat16 --repeats 5
+step pack_bf16 270 "$py" benchmarks/pack_throughput.py --device cuda --autocast bf16 --pack 8 --plans 8 --repeats 1 \
+  --procs 8
 echo "results in $out/ (summary.txt, card.txt, versions.txt, parity.txt, step_time_bf16.txt, pack_bf16.txt)"
 exit $status
