@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -59,20 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--procs: must be between 0 and --plans ({args.plans}); got {args.procs}")
     torch.set_num_threads(args.threads)
 
-    from build_table import sample_params
-
-    from autopeft.proxy.fidelity import Fidelity
-    from autopeft.proxy.models import load_config, model_dims
     from autopeft.proxy.pack import PackedTrainer
     from autopeft.proxy.train import ProxyTrainer
-    from autopeft.space import SearchSpace, load_space
 
-    overrides = dict(item.split("=", 1) for item in args.set)
-    fidelity = Fidelity.build({**Fidelity().model_dump(), "length_buckets": True, "autocast": args.autocast,
-                               **overrides})
-    space = SearchSpace(load_space("full"), model_dims(load_config(fidelity.model)))
-    rng = random.Random(args.seed)
-    plans = [space.decode(sample_params(space, rng)) for _ in range(args.plans)]
+    fidelity, plans = fidelity_and_plans(args.set, args.autocast, args.plans, args.seed)
     device = torch.device(args.device)
     t0 = time.perf_counter()
     trainer = ProxyTrainer(fidelity, args.device)
@@ -106,6 +97,22 @@ def main(argv: list[str] | None = None) -> None:
     for name, results in last.items():
         if name != "one at a time":
             print(_difference(name, alone, results))
+
+
+def fidelity_and_plans(overrides: list[str], autocast: str, n: int, seed: int) -> tuple[Any, list]:
+    """The quickstart fidelity with length buckets, ``autocast`` and ``FIELD=VALUE`` overrides, and ``n`` plans
+    sampled (seeded) from ``full.yaml`` by build_table's density sampler."""
+    from build_table import sample_params
+
+    from autopeft.proxy.fidelity import Fidelity
+    from autopeft.proxy.models import load_config, model_dims
+    from autopeft.space import SearchSpace, load_space
+
+    fields = dict(item.split("=", 1) for item in overrides)
+    fidelity = Fidelity.build({**Fidelity().model_dump(), "length_buckets": True, "autocast": autocast, **fields})
+    space = SearchSpace(load_space("full"), model_dims(load_config(fidelity.model)))
+    rng = random.Random(seed)
+    return fidelity, [space.decode(sample_params(space, rng)) for _ in range(n)]
 
 
 def _timed(device: torch.device, run) -> tuple[float, list]:

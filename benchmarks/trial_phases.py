@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import random
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_table's sampler
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # pack_throughput's plan draw
 
 
 class _OpCounter(TorchDispatchMode):
@@ -119,20 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from build_table import sample_params
+    from pack_throughput import fidelity_and_plans
 
-    from autopeft.proxy.fidelity import Fidelity
-    from autopeft.proxy.models import load_config, model_dims
     from autopeft.proxy.pack import PackedTrainer
     from autopeft.proxy.train import ProxyTrainer
-    from autopeft.space import SearchSpace, load_space
 
-    overrides = dict(item.split("=", 1) for item in args.set)
-    fidelity = Fidelity.build({**Fidelity().model_dump(), "length_buckets": True, "autocast": args.autocast,
-                               **overrides})
-    space = SearchSpace(load_space("full"), model_dims(load_config(fidelity.model)))
-    rng = random.Random(args.seed)
-    plans = [space.decode(sample_params(space, rng)) for _ in range(args.plans)]
+    fidelity, plans = fidelity_and_plans(args.set, args.autocast, args.plans, args.seed)
     device = torch.device(args.device)
     trainer = ProxyTrainer(fidelity, args.device)
     packer = PackedTrainer(trainer, len(plans))
