@@ -29,7 +29,10 @@ same plans; the script also counts how many of the first ``--plans`` uncondition
 * *+ pack*: :class:`autopeft.proxy.pack.PackedTrainer` with ``--pack`` trials at once, on top of buckets, cache,
   pooled and bf16 (skipped, with the reason printed, when that module is absent);
 * *baseline-bf16* (a control, outside the chain): the baseline's loop under ``torch.autocast("cpu", bfloat16)``,
-  what a careful user gets from mixed precision alone.
+  what a careful user gets from mixed precision alone;
+* *pooled-adamw* (a control, outside the chain): the *+ pooled* row with torch's default AdamW (one to ten
+  operations per parameter tensor each step) instead of the fused kernel autopeft uses on CPU and CUDA: what the
+  fused optimizer saves.
 
 Each row reports trials per hour (plans over the row's wall time, set-up included), the median over
 ``--repeats``, and the same per CPU-hour of the process (user + system time of all its threads: on cores shared
@@ -60,14 +63,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_table's sampler
 
-ROWS = ("baseline", "unfused", "plain", "buckets", "cache", "pooled", "bf16", "pack", "baseline-bf16")
+ROWS = ("baseline", "unfused", "plain", "buckets", "cache", "pooled", "bf16", "pack", "baseline-bf16", "pooled-adamw")
 #: Rows outside the chain of "x row above" and the shares: controls beside it, not steps of it.
-CONTROLS = ("baseline-bf16",)
+CONTROLS = ("baseline-bf16", "pooled-adamw")
 LABELS = {"baseline": "baseline: Optuna + peft + plain loop", "unfused": "autopeft, kernels unfused",
           "plain": "autopeft plain", "buckets": "+ length buckets", "cache": "+ frozen-layer cache",
           "pooled": "+ pooled token only",
           "pack": "+ pack", "bf16": "+ bf16 autocast",
-          "baseline-bf16": "baseline under bf16 autocast (control)"}
+          "baseline-bf16": "baseline under bf16 autocast (control)",
+          "pooled-adamw": "pooled, torch's default AdamW, not fused (control)"}
 
 
 # --------------------------------------------------------------------------- plans
@@ -200,12 +204,13 @@ class PeftBaseline:
 
 
 # --------------------------------------------------------------------------- autopeft rows
-def autopeft_row(fidelity, unfused: bool = False) -> Callable[[list], list[dict[str, float]]]:
+def autopeft_row(fidelity, unfused: bool = False, fused_adamw: bool = True) -> Callable[[list], list[dict[str, float]]]:
     from autopeft.kernels import fused_kernels
     from autopeft.proxy.train import ProxyTrainer
 
     def run(plans):
         trainer = ProxyTrainer(fidelity)
+        trainer.fused_adamw = fused_adamw
         ctx = fused_kernels(False) if unfused else contextlib.nullcontext()
         with ctx:
             return [_metrics(trainer.run(plan)) for plan in plans]
@@ -289,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
             rows[name] = autopeft_row(base.model_copy(update={"length_buckets": True, "frozen_cache": True}))
         elif name == "pooled":
             rows[name] = autopeft_row(base.model_copy(update=fast))
+        elif name == "pooled-adamw":
+            rows[name] = autopeft_row(base.model_copy(update=fast), fused_adamw=False)
         elif name == "pack":
             row = pack_row(base.model_copy(update={**fast, "autocast": "bf16"}), args.pack)
             if isinstance(row, str):

@@ -287,6 +287,12 @@ class ProxyTrainer:
     ``use_cache=False`` keeps ``frozen_cache``'s meaning (no dropout below the plan) but computes every layer.
     """
 
+    #: AdamW as torch's fused kernel (``fused=True``) on the devices that have one. torch's defaults issue one to ten
+    #: operations per parameter tensor every step (a plan has up to a few hundred tensors), the fused kernel a handful
+    #: in all; on a GPU a proxy's step is bound by the host issuing operations (docs/benchmarks.md, "Operations per
+    #: training step"). Same update rule, different float rounding. ``False`` restores torch's default (benchmarks).
+    fused_adamw: bool = True
+
     def __init__(self, fidelity: Fidelity, device: str = "cpu", task: TaskData | None = None, *,
                  cache_mb: float | None = None, cache_dir: str | None = None, use_cache: bool = True):
         check_options(fidelity, device)
@@ -448,7 +454,8 @@ class ProxyTrainer:
         """AdamW over the trainable parameters, with linear warm-up then linear decay to 0 over ``steps``."""
         f = self.fidelity
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=f.learning_rate, weight_decay=f.weight_decay)
+        fused = {"fused": True} if self.fused_adamw and self.device.type in ("cpu", "cuda") else {}
+        opt = torch.optim.AdamW(params, lr=f.learning_rate, weight_decay=f.weight_decay, **fused)
         warmup = max(1, int(f.warmup_ratio * f.steps))
 
         def lr_lambda(step: int) -> float:  # linear warm-up, then linear decay to 0

@@ -52,3 +52,27 @@ def test_rows_report_one_table_with_the_control_outside_the_chain(capsys):
         for cell in line.strip("| ").split(" | ")[1:]:
             score, loss = (float(v) for v in cell.split(" / "))
             assert 0.0 <= score <= 1.0 and loss > 0
+
+
+def test_the_adamw_control_row_trains_with_torchs_default_optimizer(monkeypatch):
+    from autopeft.proxy.train import ProxyTrainer
+
+    kinds = []
+    make = ProxyTrainer.make_optimizer
+
+    def spy(self, model):
+        opt, sched = make(self, model)
+        kinds.append(bool(opt.defaults.get("fused")))
+        return opt, sched
+
+    monkeypatch.setattr(ProxyTrainer, "make_optimizer", spy)
+    f = Fidelity.build(dict(kv.split("=", 1) for kv in TINY))
+    from autopeft.space import SearchSpace, load_space
+    from autopeft.proxy.models import load_config, model_dims
+
+    space = SearchSpace(load_space("full"), model_dims(load_config(f.model)))
+    plans, _ = trials_per_hour.draw_plans(space, 1, 0, True)
+    trials_per_hour.autopeft_row(f)(plans)
+    trials_per_hour.autopeft_row(f, fused_adamw=False)(plans)
+    assert kinds == [True, False]
+    assert "pooled-adamw" in trials_per_hour.CONTROLS

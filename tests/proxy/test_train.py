@@ -204,3 +204,17 @@ def test_compiled_blocks_give_the_same_losses(tmp_path, toy_task, pooled):
     eager = ProxyTrainer(fid)
     compiled = ProxyTrainer(fid.model_copy(update={"compile": True}))
     assert _losses(compiled, plan) == pytest.approx(_losses(eager, plan), rel=1e-5)
+
+
+def test_adamw_is_torchs_fused_kernel_unless_turned_off(tmp_path):
+    """One fused AdamW per trial on CPU (a handful of operations a step, not one to ten per parameter tensor)."""
+    from autopeft.plan import PeftPlan
+    from autopeft.proxy.fidelity import Fidelity
+    from autopeft.proxy.train import ProxyTrainer
+
+    trainer = ProxyTrainer(Fidelity.build({"steps": 2, "train_examples": 16, "eval_examples": 8, "batch_size": 8,
+                                           "max_length": 16}))
+    model = trainer.build_model(PeftPlan(6))  # head only, on the packaged 6-block MiniLM
+    assert trainer.make_optimizer(model)[0].defaults["fused"] is True
+    trainer.fused_adamw = False
+    assert not trainer.make_optimizer(model)[0].defaults["fused"]
