@@ -152,6 +152,27 @@ def test_sigterm_to_a_several_process_worker_hands_every_trial_back(tmp_path, st
     assert log.read_text().count("worker finished: 0 complete") == 2
 
 
+def test_ctrl_c_to_a_several_process_worker_hands_every_trial_back(tmp_path, study_name):
+    """Ctrl-C in a terminal signals the whole foreground process group: the workers stop, the command exits 0."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    cli("run", *SYNTHETIC, "--trial-seconds", "60", "--workers", "0", "--study", study_name, "--storage", url)
+    log = tmp_path / "worker.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "autopeft", "worker", "--study", study_name, "--storage", url,
+                                 "--sampler", "random", "--processes", "2"], stdout=handle, stderr=subprocess.STDOUT,
+                                env=_env(), text=True, start_new_session=True,
+                                # as from a terminal, whatever this test runs under (a background job ignores SIGINT)
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    st = load(open_storage(url), study_name)
+    running = wait_for(lambda: len(r := [t for t in st.trials((TrialState.RUNNING,)) if "plan" in t.user_attrs]) == 2
+                       and r, 180, "both workers to start a trial")
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 0, log.read_text()
+    trials = {t.number: t for t in st.trials()}
+    assert all("handed back" in trials[t.number].user_attrs["fail_reason"] for t in running)
+    assert st.count(TrialState.RUNNING) == 0 and log.read_text().count("worker finished:") == 2
+
+
 def test_kill_9_mid_trial_is_retried_by_another_worker(tmp_path, study_name):
     """A worker killed while training a real proxy trial: its trial is failed by heartbeat, re-queued
     and completed by the other worker; the study ends with exactly the asked number of trials."""
