@@ -122,9 +122,9 @@ def worker_main(spec: WorkerSpec, evaluator_factory: Callable | None = None):
     stats = WorkerStats()
     try:
         presence.report("idle", force=True)
-        stats = run_worker(study, evaluator, n_trials=spec.n_trials, max_trials=spec.max_trials,
-                           idle_timeout=spec.idle_timeout, presence=presence, deadline=spec.outage_deadline,
-                           pack=spec.pack)
+        run_worker(study, evaluator, n_trials=spec.n_trials, max_trials=spec.max_trials,
+                   idle_timeout=spec.idle_timeout, presence=presence, deadline=spec.outage_deadline,
+                   pack=spec.pack, stats=stats)  # filled in place: still counted when a signal stops it
     except KeyboardInterrupt:
         stats.exit_reason = "stopped by signal; the running trial was handed back"
     finally:

@@ -438,6 +438,7 @@ def run_worker(
     self_propose: bool | None = None,
     deadline: float = DEFAULT_OUTAGE_DEADLINE,
     pack: int = 1,
+    stats: WorkerStats | None = None,
 ) -> WorkerStats:
     """Run trials until the study holds ``n_trials`` COMPLETE trials, this worker ran ``max_trials``,
     or it waited ``idle_timeout`` seconds without finding a trial.
@@ -449,10 +450,12 @@ def run_worker(
 
     ``pack``: claim up to this many trials at a time and train them together (``evaluator.run_many``,
     see :mod:`autopeft.proxy.pack`); a pack starts with the trials at hand rather than waiting to be full.
+    ``stats``: a record to fill in place (a new one by default), so a caller still has the counts when a signal
+    stops the loop.
     """
     if pack > 1 and not hasattr(evaluator, "run_many"):
         raise AutopeftError(f"--pack: this objective trains one trial at a time (got --pack {pack}); use --pack 1")
-    stats = WorkerStats()
+    stats = stats if stats is not None else WorkerStats()  # the caller's, to read after an interrupt
     loop_start = time.monotonic()
     streak = 0  # consecutive failures: a setting that fails every trial must not spin forever
     last_reason = None

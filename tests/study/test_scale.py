@@ -152,10 +152,11 @@ def test_sigterm_to_a_several_process_worker_hands_every_trial_back(tmp_path, st
     assert log.read_text().count("worker finished: 0 complete") == 2
 
 
-def test_ctrl_c_to_a_several_process_worker_hands_every_trial_back(tmp_path, study_name):
-    """Ctrl-C in a terminal signals the whole foreground process group: the workers stop, the command exits 0."""
+def test_ctrl_c_to_a_several_process_worker_stops_every_worker_and_counts_their_trials(tmp_path, study_name):
+    """Ctrl-C in a terminal signals the whole foreground process group: each worker hands its running trial back,
+    still reports the trials it completed, and the command exits 0."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    cli("run", *SYNTHETIC, "--trial-seconds", "60", "--workers", "0", "--study", study_name, "--storage", url)
+    cli("run", *SYNTHETIC, "--trial-seconds", "3", "--workers", "0", "--study", study_name, "--storage", url)
     log = tmp_path / "worker.log"
     with open(log, "w") as handle:
         proc = subprocess.Popen([sys.executable, "-m", "autopeft", "worker", "--study", study_name, "--storage", url,
@@ -164,13 +165,16 @@ def test_ctrl_c_to_a_several_process_worker_hands_every_trial_back(tmp_path, stu
                                 # as from a terminal, whatever this test runs under (a background job ignores SIGINT)
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     st = load(open_storage(url), study_name)
-    running = wait_for(lambda: len(r := [t for t in st.trials((TrialState.RUNNING,)) if "plan" in t.user_attrs]) == 2
-                       and r, 180, "both workers to start a trial")
+    wait_for(lambda: st.count(TrialState.COMPLETE) >= 3, 180, "the workers to complete some trials")
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=60) == 0, log.read_text()
-    trials = {t.number: t for t in st.trials()}
-    assert all("handed back" in trials[t.number].user_attrs["fail_reason"] for t in running)
-    assert st.count(TrialState.RUNNING) == 0 and log.read_text().count("worker finished:") == 2
+    out = log.read_text()
+    assert out.count("worker finished:") == 2 and out.count("stopped by signal") == 2
+    # Counted although a signal stopped them. (A signal that lands while a result is being written can leave that
+    # one trial out of its worker's count, never out of the study.)
+    assert 3 <= st.count(TrialState.COMPLETE) and 1 <= worker_completes([out]) <= st.count(TrialState.COMPLETE)
+    assert st.count(TrialState.RUNNING) == 0
+    assert all("handed back" in t.user_attrs["fail_reason"] for t in st.trials((TrialState.FAIL,)))
 
 
 def test_kill_9_mid_trial_is_retried_by_another_worker(tmp_path, study_name):
