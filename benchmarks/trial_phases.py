@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # pack_throughput's plan draw
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # pack_throughput's plan draw and timing
+from pack_throughput import _sync, _timed, fidelity_and_plans  # noqa: E402
 
 
 class _OpCounter(TorchDispatchMode):
@@ -43,11 +44,6 @@ class _OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.count += 1
         return func(*args, **(kwargs or {}))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step_ops(trainer, plan) -> tuple[int, int, int]:
@@ -118,8 +114,6 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from pack_throughput import fidelity_and_plans
-
     from autopeft.proxy.pack import PackedTrainer
     from autopeft.proxy.train import ProxyTrainer
 
@@ -142,11 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---|---:|---:|")
     for name, run in ways:
         acc.clear()
-        _sync(device)
-        t = time.perf_counter()
-        results = run()
-        _sync(device)
-        wall = time.perf_counter() - t
+        wall, results = _timed(device, run)
         phases = dict(acc)
         phases["training steps (the rest)"] = wall - sum(phases.values())
         for label, sec in phases.items():

@@ -139,6 +139,15 @@ def _process_entry(spec: WorkerSpec) -> None:
     worker_main(spec)
 
 
+def _raise_if_crashed(procs: list, then: str) -> None:
+    """A :class:`StudyError` naming the worker processes that exited non-zero, if any; ``then``: the next step."""
+    crashed = [p.exitcode for p in procs if p.exitcode != 0]
+    if crashed:
+        raise StudyError(f"{len(crashed)} of {len(procs)} worker process(es) failed (exit codes {crashed}); "
+                         "their error is printed above, and their running trials are re-queued once the grace "
+                         f"period passes: fix the cause and {then}")
+
+
 def _reporting_entry(spec: WorkerSpec, results) -> None:
     try:
         results.put(worker_main(spec))
@@ -194,11 +203,7 @@ def run_workers(spec: WorkerSpec, processes: int) -> list:
             p.join()
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
-    crashed = [p.exitcode for p in procs if p.exitcode != 0]
-    if crashed:
-        raise StudyError(f"{len(crashed)} of {len(procs)} worker process(es) failed (exit codes {crashed}); "
-                         "their error is printed above, and their running trials are re-queued once the grace "
-                         "period passes: fix the cause and start the workers again")
+    _raise_if_crashed(procs, "start the workers again")
     return stats
 
 
@@ -258,10 +263,6 @@ def run_study(
         raise
     for p in procs:
         p.join()
-    crashed = [p.exitcode for p in procs if p.exitcode != 0]
-    if crashed:
-        raise StudyError(f"{len(crashed)} of {len(procs)} worker process(es) failed (exit codes {crashed}); "
-                         "their error is printed above, and their running trials are re-queued once the grace "
-                         "period passes: fix the cause and rerun the same command to resume")
+    _raise_if_crashed(procs, "rerun the same command to resume")
     if on_progress is not None:
         on_progress(study.count(TrialState.COMPLETE), study.count(TrialState.FAIL), study.count(TrialState.RUNNING))
