@@ -23,7 +23,8 @@ same plans; the script also counts how many of the first ``--plans`` uncondition
 * *autopeft unfused*: :class:`ProxyTrainer` with autopeft's BLAS kernels off (``fused_kernels(False)``);
 * *autopeft plain*: fused kernels, no length buckets, no cache (what studies made before these options train);
 * *+ buckets*: ``length_buckets``; *+ cache*: ``length_buckets`` and ``frozen_cache``;
-* *+ pooled*: buckets, cache and ``pooled_only`` (the last block's feed-forward runs for the first token alone);
+* *+ pooled*: buckets, cache and ``pooled_only`` (the last block computes keys and values for every token and the
+  rest -- queries, attention output, feed-forward -- for the first token alone);
 * *+ bf16*: buckets, cache and pooled with ``autocast="bf16"`` (on a CPU with AVX512-BF16 or AMX its matmuls run
   in bf16; the fidelity records it, and scores move by rounding, so compare them against ``--noise-seeds``);
 * *+ pack*: :class:`autopeft.proxy.pack.PackedTrainer` with ``--pack`` trials at once, on top of buckets, cache,
@@ -32,7 +33,9 @@ same plans; the script also counts how many of the first ``--plans`` uncondition
   what a careful user gets from mixed precision alone;
 * *pooled-adamw* (a control, outside the chain): the *+ pooled* row with torch's default AdamW (one to ten
   operations per parameter tensor each step) instead of the fused kernel autopeft uses on CPU and CUDA: what the
-  fused optimizer saves.
+  fused optimizer saves;
+* *pooled-ffn* (a control, outside the chain): the *+ pooled* row with the last block's queries all computed, the
+  cut after its attention sub-layer only (``ProxyTrainer.pooled_queries = False``): what cutting the queries saves.
 
 Each row reports trials per hour (plans over the row's wall time, set-up included), the median over
 ``--repeats``, and the same per CPU-hour of the process (user + system time of all its threads: on cores shared
@@ -63,15 +66,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_table's sampler
 
-ROWS = ("baseline", "unfused", "plain", "buckets", "cache", "pooled", "bf16", "pack", "baseline-bf16", "pooled-adamw")
+ROWS = ("baseline", "unfused", "plain", "buckets", "cache", "pooled", "bf16", "pack", "baseline-bf16", "pooled-adamw",
+        "pooled-ffn")
 #: Rows outside the chain of "x row above" and the shares: controls beside it, not steps of it.
-CONTROLS = ("baseline-bf16", "pooled-adamw")
+CONTROLS = ("baseline-bf16", "pooled-adamw", "pooled-ffn")
 LABELS = {"baseline": "baseline: Optuna + peft + plain loop", "unfused": "autopeft, kernels unfused",
           "plain": "autopeft plain", "buckets": "+ length buckets", "cache": "+ frozen-layer cache",
           "pooled": "+ pooled token only",
           "pack": "+ pack", "bf16": "+ bf16 autocast",
           "baseline-bf16": "baseline under bf16 autocast (control)",
-          "pooled-adamw": "pooled, torch's default AdamW, not fused (control)"}
+          "pooled-adamw": "pooled, torch's default AdamW, not fused (control)",
+          "pooled-ffn": "pooled, every query of the last block kept (control)"}
 
 
 # --------------------------------------------------------------------------- plans
@@ -204,13 +209,15 @@ class PeftBaseline:
 
 
 # --------------------------------------------------------------------------- autopeft rows
-def autopeft_row(fidelity, unfused: bool = False, fused_adamw: bool = True) -> Callable[[list], list[dict[str, float]]]:
+def autopeft_row(fidelity, unfused: bool = False, fused_adamw: bool = True,
+                 pooled_queries: bool = True) -> Callable[[list], list[dict[str, float]]]:
     from autopeft.kernels import fused_kernels
     from autopeft.proxy.train import ProxyTrainer
 
     def run(plans):
         trainer = ProxyTrainer(fidelity)
         trainer.fused_adamw = fused_adamw
+        trainer.pooled_queries = pooled_queries
         ctx = fused_kernels(False) if unfused else contextlib.nullcontext()
         with ctx:
             return [_metrics(trainer.run(plan)) for plan in plans]
@@ -296,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
             rows[name] = autopeft_row(base.model_copy(update=fast))
         elif name == "pooled-adamw":
             rows[name] = autopeft_row(base.model_copy(update=fast), fused_adamw=False)
+        elif name == "pooled-ffn":
+            rows[name] = autopeft_row(base.model_copy(update=fast), pooled_queries=False)
         elif name == "pack":
             row = pack_row(base.model_copy(update={**fast, "autocast": "bf16"}), args.pack)
             if isinstance(row, str):

@@ -27,7 +27,10 @@ class ArchSpec:
     ``pooled_cut_path`` (inside one block) names the sub-layer after which the block works on each token alone, in
     a family whose sequence classifier reads the first token only: the last block may then cut that sub-layer's
     output to the first token (the ``pooled_only`` fidelity option). Empty where the classifier reads another token
-    or the block adds a residual after that sub-layer returns.
+    or the block adds a residual after that sub-layer returns. ``pooled_query_path`` names a BERT-style
+    self-attention (``query``/``key``/``value`` linears, ``attention_head_size``, ``scaling``, ``dropout``) whose
+    queries the cut may restrict to the first token, and ``pooled_residual_path`` the sub-layer that then adds that
+    token's residual, ``f(attention output, residual)``; empty where the family has no such module.
     """
 
     family: str
@@ -36,6 +39,8 @@ class ArchSpec:
     site_paths: Mapping[str, str] = field(default_factory=dict)
     embeddings_path: str = ""
     pooled_cut_path: str = ""
+    pooled_query_path: str = ""
+    pooled_residual_path: str = ""
 
     # ---------------------------------------------------------------- config
     def num_layers(self, config: Any) -> int:
@@ -124,6 +129,9 @@ _BERT_FAMILY = ArchSpec(
     # BertAttention returns LayerNorm(x + o(attention(x))): everything after it (the feed-forward sub-layer and its
     # residual) reads only that output, and the classifier heads of these models read token 0 of the last block.
     pooled_cut_path="attention",
+    # The first token's attention output reads every token's keys and values and its own query and residual only.
+    pooled_query_path="attention.self",
+    pooled_residual_path="attention.output",
 )
 
 _LLAMA_FAMILY = ArchSpec(

@@ -292,6 +292,10 @@ class ProxyTrainer:
     #: in all; on a GPU a proxy's step is bound by the host issuing operations (docs/benchmarks.md, "Operations per
     #: training step"). Same update rule, different float rounding. ``False`` restores torch's default (benchmarks).
     fused_adamw: bool = True
+    #: Under ``pooled_only``, cut the last block's queries to the first token too, not only what follows its
+    #: attention sub-layer (:func:`autopeft.proxy.pooled.cut_last_block`). ``False``: the cut after the attention
+    #: sub-layer alone (benchmarks).
+    pooled_queries: bool = True
 
     def __init__(self, fidelity: Fidelity, device: str = "cpu", task: TaskData | None = None, *,
                  cache_mb: float | None = None, cache_dir: str | None = None, use_cache: bool = True):
@@ -356,7 +360,7 @@ class ProxyTrainer:
         elif f.frozen_cache and (frozen := self.frozen_layers(model.autopeft_plan)):
             fc.zero_padding_below(model, frozen)  # what the cache would feed, computed
         if f.pooled_only:
-            cut_last_block(model)  # not when the cache feeds past the last block, or experts follow the cut
+            cut_last_block(model, self.pooled_queries)  # not when the cache feeds past the last block, or experts follow the cut
         if f.gradient_checkpointing:
             # Non-reentrant checkpointing: the frozen base's inputs need no gradient, and dropout masks are replayed.
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -76,3 +76,28 @@ def test_the_adamw_control_row_trains_with_torchs_default_optimizer(monkeypatch)
     trials_per_hour.autopeft_row(f, fused_adamw=False)(plans)
     assert kinds == [True, False]
     assert "pooled-adamw" in trials_per_hour.CONTROLS
+
+
+def test_the_pooled_ffn_control_keeps_every_query(monkeypatch):
+    from autopeft.proxy import pooled
+    from autopeft.proxy.fidelity import Fidelity
+    from autopeft.proxy.models import load_config, model_dims
+    from autopeft.space import SearchSpace, load_space
+
+    cuts = []
+    cut = pooled.cut_last_block
+
+    def spy(model, queries=True):
+        done = cut(model, queries)
+        cuts.append(pooled.queries_cut(model))
+        return done
+
+    monkeypatch.setattr(pooled, "cut_last_block", spy)
+    f = Fidelity.build(dict(kv.split("=", 1) for kv in TINY)).model_copy(update={"pooled_only": True})
+    space = SearchSpace(load_space("full"), model_dims(load_config(f.model)))
+    plans, _ = trials_per_hour.draw_plans(space, 1, 0, True)
+    trials_per_hour.autopeft_row(f)(plans)
+    n = len(cuts)
+    trials_per_hour.autopeft_row(f, pooled_queries=False)(plans)
+    assert n and all(cuts[:n]) and not any(cuts[n:])
+    assert "pooled-ffn" in trials_per_hour.CONTROLS
