@@ -39,7 +39,7 @@ FrozenCacheDtypeOpt = typer.Option(None, "--frozen-cache-dtype", help="float32 o
 CompileOpt = typer.Option(None, "--compile/--no-compile", help="torch.compile the transformer blocks; default off.")
 AutocastOpt = typer.Option(None, "--autocast", help="Mixed precision: off, bf16 (GPU or CPU) or fp16 (GPU); default off.")
 CheckpointingOpt = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in the backward pass (less memory); default off.")
-PooledOnlyOpt = typer.Option(None, "--pooled-only/--no-pooled-only", help="The last block's feed-forward runs for the token the classifier reads alone (BERT-family models); default off.")
+PooledOnlyOpt = typer.Option(None, "--pooled-only/--no-pooled-only", help="The last block computes its query, attention output and feed-forward for the token the classifier reads alone, keys and values for every token (BERT-family models); default off.")
 
 
 def _fail(exc: Exception) -> None:

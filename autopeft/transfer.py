@@ -95,6 +95,19 @@ def warm_start(study: AutopeftStudy, source: AutopeftStudy, top: int = 8) -> lis
     return [(source_number, new) for (source_number, _), new in zip(mapped, numbers) if new is not None]
 
 
+def prior_observations(study: AutopeftStudy, source: AutopeftStudy) -> list[tuple[dict[str, int], list[float]]]:
+    """Every COMPLETE trial of ``source`` as ``(parameters of study's space, objective values)``, mapped by relative
+    depth as :func:`warm_start` maps plans: what the default sampler's transferred prior mean is fitted to
+    (:class:`autopeft.optimize.mobo.MOBOSampler`'s ``prior``). Nothing is queued."""
+    if source.name == study.name:
+        raise StudyError(f"--warm-start: {source.name!r} is this study itself; name another, finished study")
+    if list(source.objectives) != list(study.objectives):
+        raise StudyError(f"--warm-start: {source.name!r} optimises {source.objectives}, this study {study.objectives}; "
+                         "warm starts need the same objectives (the same space preset)")
+    return [(map_params(source.space, study.space, t.params), list(t.values))
+            for t in source.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+
+
 def enqueue_new(study: AutopeftStudy, items: list[tuple[dict[str, int], dict]]) -> list[int | None]:
     """Queue each (parameters, user attributes) whose parameters no trial of ``study`` has (finished, running or
     queued); the new trial's number, or None for one skipped."""
@@ -111,4 +124,4 @@ def enqueue_new(study: AutopeftStudy, items: list[tuple[dict[str, int], dict]]) 
     return numbers
 
 
-__all__ = ["WARM_START_ATTR", "enqueue_new", "map_params", "source_layer", "warm_start"]
+__all__ = ["WARM_START_ATTR", "enqueue_new", "map_params", "prior_observations", "source_layer", "warm_start"]

@@ -47,6 +47,8 @@ import search_quality as sq  # noqa: E402  (a sibling script, not a package)
 
 DEFAULT_SOURCE = ROOT / "benchmarks" / "data" / "table_rotten_tomatoes_minilm_h200.jsonl"
 DEFAULT_TARGET = ROOT / "benchmarks" / "data" / "table_bbc_news_minilm_steps60.jsonl"
+#: target studies beside cold and warm (``--arms``)
+ARMS = ("prior", "warm+prior")
 
 
 def study_on(table_path: str, name: str, url: str, seed: int):
@@ -61,16 +63,27 @@ def study_on(table_path: str, name: str, url: str, seed: int):
     return study
 
 
-def run_seed(job: tuple[int, str, str, int, int, int, bool]) -> dict[str, Any]:
-    """Source, cold and warm searches of one seed; their per-trial (score, trainable %)."""
+def give_prior(study, observations) -> None:
+    """Hand ``observations`` to the default sampler of ``study`` as its transferred prior (``MOBOSampler.prior``)."""
+    from autopeft.optimize.mobo import MOBOSampler
+
+    sampler = study.study.sampler
+    while not isinstance(sampler, MOBOSampler):
+        sampler = getattr(sampler, "main", None) or sampler.sampler  # StartupThen, then PendingAware
+    sampler.prior = lambda st, space: observations
+
+
+def run_seed(job: tuple[int, str, str, int, int, int, bool, tuple[str, ...]]) -> dict[str, Any]:
+    """Source, cold and warm searches of one seed (and the ``arms`` beyond them); their per-trial (score, trainable
+    %)."""
     import optuna
     import torch
 
     from autopeft.proxy.replay import ReplayEvaluator
     from autopeft.study.runner import quiet_libraries
-    from autopeft.transfer import warm_start
+    from autopeft.transfer import prior_observations, warm_start
 
-    seed, source_table, target_table, source_trials, trials, top, distinct = job
+    seed, source_table, target_table, source_trials, trials, top, distinct, arms = job
     torch.set_num_threads(1)
     quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -80,10 +93,12 @@ def run_seed(job: tuple[int, str, str, int, int, int, bool]) -> dict[str, Any]:
         out: dict[str, Any] = {"seed": seed}
         source = study_on(source_table, "source", url, seed)
         sq.drive(source.study, source.space, ReplayEvaluator(source.fidelity, distinct=distinct), source_trials)
-        for name in ("cold", "warm"):
+        for name in ("cold", "warm", *arms):
             study = study_on(target_table, name, url, seed)
-            if name == "warm":
+            if name in ("warm", "warm+prior"):
                 out["seeded"] = len(warm_start(study, source, top=top))
+            if name in ("prior", "warm+prior"):
+                give_prior(study, prior_observations(study, source))
             replay = ReplayEvaluator(study.fidelity, distinct=distinct)
             out[name] = sq.drive(study.study, study.space, replay, trials)["values"]
     return out
@@ -94,17 +109,18 @@ def reach(warm: list[float], goal: float) -> int:
     return next((k + 1 for k, v in enumerate(warm) if v >= goal - 1e-9), len(warm) + 1)
 
 
-def report(results: list[dict[str, Any]], target_rows: list[dict[str, Any]], trials: int) -> list[str]:
+def report(results: list[dict[str, Any]], target_rows: list[dict[str, Any]], trials: int,
+           arms: tuple[str, ...] = ()) -> list[str]:
     checkpoints = [k for k in (10, 25, trials) if k <= trials]
     lines = ["| measure | study | " + " | ".join(f"{k} trials" for k in checkpoints)
              + " | trials to the cold study's final hypervolume (median [min-max]) |",
              "|---|---|" + "---:|" * len(checkpoints) + "---:|"]
     for measure in sq.MEASURES:
         ref, full = sq.true_front(measure, target_rows)
-        curves = {name: [sq.curve(r[name], measure, ref, full) for r in results] for name in ("cold", "warm")}
-        needed = {name: [reach(c, cold[-1]) for c, cold in zip(curves[name], curves["cold"])]
-                  for name in ("cold", "warm")}
-        for name in ("cold", "warm"):
+        names = ("cold", "warm", *arms)
+        curves = {name: [sq.curve(r[name], measure, ref, full) for r in results] for name in names}
+        needed = {name: [reach(c, cold[-1]) for c, cold in zip(curves[name], curves["cold"])] for name in names}
+        for name in names:
             cells = []
             for k in checkpoints:
                 mean, sd, _, _ = sq.stats([c[k - 1] for c in curves[name]])
@@ -127,13 +143,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--replay", choices=("nearest", "distinct"), default="nearest",
                     help="a plan absent from the table gets its nearest recorded plan, or (distinct) the nearest "
                          "one that has not answered this study yet (search_quality.py's --replay)")
+    ap.add_argument("--arms", nargs="*", default=[], choices=ARMS,
+                    help="more target studies beside cold and warm: prior (the default sampler with the source's "
+                         "results as its transferred prior mean, no plans queued), warm+prior (both)")
     args = ap.parse_args(argv)
     if args.trials < 2 or args.source_trials < 1 or args.seeds < 1:
         sys.exit("--trials must be at least 2, --source-trials and --seeds at least 1")
     source_table, _, _ = sq.replay_setup(args.source)
     target_table, _, _ = sq.replay_setup(args.target)
-    jobs = [(seed, args.source, args.target, args.source_trials, args.trials, args.top, args.replay == "distinct")
-            for seed in range(args.seeds)]
+    jobs = [(seed, args.source, args.target, args.source_trials, args.trials, args.top, args.replay == "distinct",
+             tuple(args.arms)) for seed in range(args.seeds)]
     started = time.time()
     if args.workers > 1:
         with mp.get_context("spawn").Pool(args.workers) as pool:
@@ -148,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
           f"target `{rel(args.target)}` ({target_table.fidelity.describe()}, {len(target_table.rows)} plans); "
           f"warm studies seeded with {statistics.mean(r['seeded'] for r in results):g} plans on average")
     print()
-    print("\n".join(report(results, target_table.rows, args.trials)))
+    print("\n".join(report(results, target_table.rows, args.trials, tuple(args.arms))))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from autopeft.space import ModelDims, SearchSpace, load_space, parse_space
 from autopeft.study.storage import open_storage
 from autopeft.study.study import create_or_load
 from autopeft.study.worker import run_worker
-from autopeft.transfer import WARM_START_ATTR, map_params, source_layer, warm_start
+from autopeft.transfer import WARM_START_ATTR, map_params, prior_observations, source_layer, warm_start
 
 from fakes import ArithmeticEvaluator
 
@@ -83,6 +83,21 @@ def test_warm_start_refuses_what_cannot_map(tmp_path):
         warm_start(_study(db, "dst", DEEP), src, top=0)
     with pytest.raises(StudyError, match="no COMPLETE feasible trial"):
         warm_start(_study(db, "dst2", DEEP), _study(db, "empty", SMALL))
+
+
+def test_prior_observations_map_every_result_and_queue_nothing(tmp_path):
+    db = tmp_path / "s.db"
+    src = _study(db, "src", SMALL, n=6)
+    dst = _study(db, "dst", DEEP)
+    before = len(dst.trials())
+    obs = prior_observations(dst, src)
+    done = src.trials((TrialState.COMPLETE,))
+    assert len(obs) == len(done) == 6 and len(dst.trials()) == before
+    for (params, values), t in zip(obs, done):
+        assert params == map_params(src.space, dst.space, t.params) and values == list(t.values)
+        dst.space.decode(params)  # a plan of the deeper model
+    with pytest.raises(StudyError, match="is this study itself"):
+        prior_observations(src, src)
 
 
 def test_cli_run_with_warm_start(tmp_path):

@@ -306,11 +306,14 @@ class Marginals:
     """
 
     def __init__(self, kernel, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor, c: float, mu: float, sd: float,
-                 cols: torch.Tensor | None = None):
+                 cols: torch.Tensor | None = None, prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 weight: float = 0.0):
         from linear_operator.utils.cholesky import psd_safe_cholesky
 
         self.kernel, self.x, self.y, self.noise, self.c, self.mu, self.sd = kernel, x, y, noise, c, mu, sd
         self.cols = cols  # the input columns this GP reads (None: all); ``x`` holds those columns only
+        # a transferred prior mean: this GP models ``value - weight * prior(x)`` (``prior`` reads every column)
+        self.prior, self.weight = prior, weight
         with torch.no_grad():
             k = kernel(x, x).to_dense() + noise * torch.eye(len(y), dtype=y.dtype)  # (n, n)
             chol = psd_safe_cholesky(k)
@@ -321,12 +324,17 @@ class Marginals:
             self.linv = torch.linalg.solve_triangular(chol, eye, upper=False).float()
 
     @classmethod
-    def of(cls, model, cols: torch.Tensor | None = None) -> "Marginals":
+    def of(cls, model, cols: torch.Tensor | None = None, prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           weight: float = 0.0) -> "Marginals":
         """From a fitted SingleTaskGP with a Standardize outcome transform (its targets are standardised), fitted on
-        the input columns ``cols``."""
+        the input columns ``cols`` (to the residuals of ``weight * prior``, if given)."""
         tf = model.outcome_transform
         return cls(model.covar_module, model.train_inputs[0], model.train_targets, model.likelihood.noise.detach(),
-                   float(model.mean_module.constant), float(tf.means.squeeze()), float(tf.stdvs.squeeze()), cols)
+                   float(model.mean_module.constant), float(tf.means.squeeze()), float(tf.stdvs.squeeze()), cols,
+                   prior, weight)
+
+    def _prior(self, x: torch.Tensor) -> torch.Tensor | float:
+        return self.weight * self.prior(x) if self.prior is not None and self.weight else 0.0
 
     def _own(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.cols is None else x[..., self.cols]
@@ -340,21 +348,22 @@ class Marginals:
         if not x.numel():
             return self
         if lie == "mean":
-            y = (self(x)[0] - self.mu) / self.sd  # standardised
+            y = (self(x)[0] - self._prior(x) - self.mu) / self.sd  # standardised (residual of the prior)
         else:
             y = self.y.min().expand(x.shape[0])
         return Marginals(self.kernel, torch.cat([self.x, self._own(x)]), torch.cat([self.y, y]), self.noise, self.c,
-                         self.mu, self.sd, self.cols)
+                         self.mu, self.sd, self.cols, self.prior, self.weight)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, d) -> mean (N,), std (N,)."""
+        shift = self._prior(x)
         x = self._own(x)
         with torch.no_grad():
             ks = self.kernel(x, self.x).to_dense()  # (N, n)
             v = ks.float() @ self.linv.T  # (N, n): L^-1 k(X, x_i)
             var = self.kernel(x, x, diag=True) - v.double().pow(2).sum(-1)
             mean = self.c + ks @ self.alpha
-        return mean * self.sd + self.mu, var.clamp_min(1e-12).sqrt() * self.sd
+        return mean * self.sd + self.mu + shift, var.clamp_min(1e-12).sqrt() * self.sd
 
 
 def log_ehvi(mean: torch.Tensor, std: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
@@ -412,7 +421,9 @@ class MOBOSampler(optuna.samplers.BaseSampler):
                  believer: str | None = "worst", canonical: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None,
                  mc_samples: int = 64, baseline_cap: int = 64,
                  inputs: Callable[[Any, dict[str, BaseDistribution]], Callable[[torch.Tensor], torch.Tensor] | None]
-                 | None = None, reference: Sequence[float] | Callable[[Any], Sequence[float] | None] | None = None):
+                 | None = None, reference: Sequence[float] | Callable[[Any], Sequence[float] | None] | None = None,
+                 prior: Callable[[Any, dict[str, BaseDistribution]], Sequence[tuple[dict[str, Any], Sequence[float]]]
+                 | None] | None = None):
         if acquisition not in ACQUISITIONS:
             raise ValueError(f"acquisition: {acquisition!r} is not one of {', '.join(ACQUISITIONS)}")
         self._seed = seed
@@ -440,6 +451,13 @@ class MOBOSampler(optuna.samplers.BaseSampler):
         # study giving one (or None); None: inferred from the posterior-mean front (its nadir, 10 % beyond).
         # autopeft's make_sampler passes the point the CLI and dashboard measure hypervolume against.
         self.reference = reference
+        # (study, search space) -> observations of a finished study of another task or model, mapped into this
+        # study's parameters: [(params, objective values)], or None. Each objective modelled on its own scale (the
+        # score, not a log cost) then gets a transferred prior mean: a GP fitted once to those observations, scaled by
+        # the least-squares weight (>= 0) that fits this study's own results, and this study's GP models what is
+        # left (ehvi only; :meth:`_prior_means`). autopeft passes :class:`~autopeft.optimize.samplers.SourcePrior`.
+        self.prior = prior
+        self._priors: dict[Any, dict[int, Callable[[torch.Tensor], torch.Tensor]]] = {}
         self.mc_samples = mc_samples  # qlognehvi only
         self.baseline_cap = baseline_cap  # qlognehvi only: observed points it integrates over
         self._space = IntersectionSearchSpace()
@@ -529,8 +547,9 @@ class MOBOSampler(optuna.samplers.BaseSampler):
     # ------------------------------------------------------------ models
     def _fitted(self, study, grid: ChoiceGrid, space, complete: list[FrozenTrial], seed: int) -> dict[str, Any]:
         """The models for these completed trials: cached while the trials, values and constraints are unchanged."""
+        source = self._prior_data(study, space)
         key = hashlib.sha256(repr((sorted(space), [(t.number, t.values, sorted(t.constraints.items()))
-                                                   for t in complete])).encode()).hexdigest()
+                                                   for t in complete], len(source))).encode()).hexdigest()
         if key == self._cache_key:
             return self._cache
         params = [self._canonical(study, t) for t in complete]
@@ -550,14 +569,51 @@ class MOBOSampler(optuna.samplers.BaseSampler):
             others = others[torch.randperm(others.numel(), generator=gen)[: self.fit_cap - best.numel()]]
             rows = torch.cat([best, others])
         cols = [self._columns(grid, out, i) for i in range(len(ys))]
-        models = [self._fit_gp(i, _take(x if rows is None else x[rows], c), y if rows is None else y[rows])
-                  for i, (y, c) in enumerate(zip(ys, cols))]
+        priors = self._prior_means(study, grid, space, out, cols, source) if source else {}
+        xr = x if rows is None else x[rows]
+        models, weights = [], []
+        for i, (y, c) in enumerate(zip(ys, cols)):
+            y = y if rows is None else y[rows]
+            weight = 0.0
+            if i in priors:
+                p = priors[i](xr).unsqueeze(-1)  # (n, 1)
+                weight = prior_weight(p, y)
+                y = y - weight * p
+            models.append(self._fit_gp(i, _take(xr, c), y))
+            weights.append(weight)
         self.fit_count += 1
-        fit = {"params": params, "z": z, "x": x, "out": out, "models": models}
+        fit = {"params": params, "z": z, "x": x, "out": out, "models": models, "prior_weights": weights}
         if self.acquisition == "ehvi":
-            fit["marginals"] = [Marginals.of(mdl, c) for mdl, c in zip(models, cols)]
+            fit["marginals"] = [Marginals.of(mdl, c, priors.get(i), w)
+                                for i, (mdl, c, w) in enumerate(zip(models, cols, weights))]
         self._cache_key, self._cache = key, fit
         return fit
+
+    def _prior_data(self, study, space) -> list[tuple[dict[str, Any], Sequence[float]]]:
+        """The transferred observations for ``study`` (none without ``prior``, or under qlognehvi)."""
+        if self.prior is None or self.acquisition != "ehvi":
+            return []
+        return list(self.prior(study, space) or [])
+
+    def _prior_means(self, study, grid: ChoiceGrid, space, out: Outcomes, cols: list[torch.Tensor | None],
+                     source: list[tuple[dict[str, Any], Sequence[float]]]) -> dict[int, Callable]:
+        """Output -> the posterior mean (model units; (N, d) -> (N,)) of a GP fitted once to the transferred
+        observations, for every objective modelled on its own scale. A log-modelled cost (trainable %) gets none:
+        its GP learns it from a handful of this study's own trials."""
+        key = (getattr(study, "study_name", None), tuple(sorted(space)), len(source))
+        if key not in self._priors:
+            params = [self.canonical(study, dict(p)) if self.canonical is not None else dict(p) for p, _ in source]
+            xs = grid.encode(grid.rows(params))
+            raw = torch.tensor([list(v) for _, v in source], dtype=torch.double)
+            means: dict[int, Callable] = {}
+            for j in range(out.y.shape[1]):
+                if out.offsets[j] is not None:
+                    continue
+                ys = out.signs[j] * raw[:, j : j + 1]
+                model = self._fit_gp(("prior", j), _take(xs, cols[j]), ys)
+                means[j] = lambda x, f=Marginals.of(model, cols[j]): f(x)[0]
+            self._priors[key] = means
+        return self._priors[key]
 
     def _columns(self, grid: ChoiceGrid, out: Outcomes, i: int) -> torch.Tensor | None:
         """The input columns output ``i``'s GP reads. With :class:`ProductInputs`: a cost modelled in log space
@@ -727,6 +783,14 @@ class MOBOSampler(optuna.samplers.BaseSampler):
         order = best.argsort(descending=True)
         rest = values.argsort(descending=True)[: 8 * self.num_restarts]
         return torch.cat([current[order], starts[rest]])
+
+
+def prior_weight(p: torch.Tensor, y: torch.Tensor) -> float:
+    """The least-squares slope (>= 0) of (n, 1) ``y`` on a transferred prior mean ``p`` at the same points: how much
+    of the other study's trend this one follows (0 when it does not, or when ``p`` is flat there)."""
+    pc, yc = p - p.mean(), y - y.mean()
+    var = float((pc * pc).sum())
+    return max(0.0, float((pc * yc).sum()) / var) if var > 1e-12 else 0.0
 
 
 def _feasible(out: Outcomes) -> torch.Tensor:

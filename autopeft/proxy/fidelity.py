@@ -73,8 +73,9 @@ class Fidelity(BaseModel):
         "off", description="Mixed precision: bf16 (GPU or CPU) or fp16 (GPU only, with loss scaling).")
     gradient_checkpointing: bool = Field(False, description="Recompute block activations in the backward pass: "
                                          "less memory for long sequences, about a third more compute.")
-    pooled_only: bool = Field(False, description="The last block runs its feed-forward sub-layer for the one token "
-                              "the classifier reads (BERT-family models: the first), not for every token.")
+    pooled_only: bool = Field(False, description="The last block computes the query, attention output and "
+                              "feed-forward sub-layer for the one token the classifier reads (BERT-family models: "
+                              "the first), and keys and values for every token.")
 
     @field_validator("frozen_cache_dtype")
     @classmethod

@@ -247,3 +247,59 @@ def test_a_given_reference_changes_the_proposals_and_a_callable_one_is_read_per_
     seen = []
     called, main = run(lambda study: seen.append(study.study_name) or (0.0, 100.0))
     assert called == given and len(seen) == 3  # one read per model proposal
+
+
+def test_prior_weight_is_the_non_negative_least_squares_slope():
+    from autopeft.optimize.mobo import prior_weight
+
+    p = torch.tensor([[0.0], [1.0], [2.0], [3.0]], dtype=torch.double)
+    assert prior_weight(p, 2 * p + 1) == pytest.approx(2.0)
+    assert prior_weight(p, -p) == 0.0  # a study that goes the other way ignores the prior
+    assert prior_weight(torch.ones(4, 1, dtype=torch.double), p) == 0.0  # flat prior: nothing to scale
+
+
+def _prior_fit(sign: float, prior: bool = True):
+    """A MOBO fit after 6 results of ``sign`` * a bumpy surface, with (``prior``) or without the surface itself
+    observed on every other grid point as the transferred prior; the score means over the whole grid, the truth,
+    and the prior weights."""
+    dists = {"a": IntDistribution(0, 9), "b": IntDistribution(0, 9)}
+
+    def truth(a, b):
+        return math.sin(1.3 * a) + math.cos(1.1 * b)
+
+    source = [({"a": a, "b": b}, [truth(a, b), 1.0 + a]) for a in range(0, 10, 2) for b in range(0, 10, 2)]
+    sampler = MOBOSampler(seed=0, n_startup_trials=6, prior=(lambda st, sp: source) if prior else None)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for a, b in ((0, 0), (9, 9), (2, 7), (7, 1), (4, 4), (1, 5)):
+        study.enqueue_trial({"a": a, "b": b})
+        t = study.ask(dists)
+        study.tell(t, [sign * 0.5 * truth(a, b) + 3.0, 1.0 + a])
+    study.ask(dists)  # the model's first proposal fits it
+    assert sampler.stats["model"] == 1
+    fit = sampler._cache
+    grid = ChoiceGrid(sampler.infer_relative_search_space(study, None))
+    z = torch.cartesian_prod(torch.arange(10), torch.arange(10))
+    params = [grid.params(row) for row in z]
+    mean = fit["marginals"][0](grid.encode(grid.rows(params)))[0]
+    true = torch.tensor([sign * truth(p["a"], p["b"]) for p in params], dtype=torch.double)
+    return mean, true, fit["prior_weights"]
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def test_a_transferred_prior_shapes_the_score_model_where_this_study_has_no_data():
+    without, true, w0 = _prior_fit(1.0, prior=False)
+    with_prior, _, w1 = _prior_fit(1.0)
+    assert w0 == [0.0, 0.0]
+    assert w1[0] == pytest.approx(0.5, rel=0.2) and w1[1] == 0.0  # the score's half-scale trend; no prior on the cost
+    assert _spearman(with_prior, true) > 0.9 > _spearman(without, true) + 0.1
+
+
+def test_a_prior_the_study_contradicts_gets_no_weight():
+    contradicted, _, weights = _prior_fit(-1.0)
+    without, _, _ = _prior_fit(-1.0, prior=False)
+    assert weights == [0.0, 0.0]
+    assert torch.allclose(contradicted, without)  # the same model as without the prior
