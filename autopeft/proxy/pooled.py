@@ -81,6 +81,8 @@ def query_cut_reason(model: nn.Module) -> str | None:
         return f"the {arch.family} family names no self-attention whose queries may be cut"
     last = arch.layers(model)[-1]
     attention = last.get_submodule(arch.pooled_query_path)
+    if not all(hasattr(attention, a) for a in ("query", "key", "value", "attention_head_size", "scaling", "dropout")):
+        return "the last block's self-attention is not the model's own (packed trials split it)"
     shared = {id(m) for site in ("k", "v") if site in arch.site_paths for m in arch.get_linear(last, site).modules()}
     if any(isinstance(m, LoRAExperts) and id(m) not in shared for m in attention.modules()) or any(
             isinstance(m, LoRAExperts) for m in last.get_submodule(arch.pooled_residual_path).modules()):

@@ -7,7 +7,7 @@ from autopeft.plan import ModuleSpec as M
 from autopeft.plan import PeftPlan
 from autopeft.proxy.fidelity import Fidelity
 from autopeft.proxy.pack import PackedTrainer, PackError, RowSplit, check_pack
-from autopeft.proxy.pooled import is_cut
+from autopeft.proxy.pooled import is_cut, queries_cut
 from autopeft.proxy.train import ProxyTrainer, TrialFailed
 from tiny_proxy import save_tiny, write_toy_task
 
@@ -79,6 +79,19 @@ def test_packed_trials_equal_solo_trials_with_the_last_block_cut(models, task):
             assert b.score == a.score and b.train_loss == pytest.approx(a.train_loss, rel=1e-5)
             for name, tensor in a.adapter_state.items():
                 torch.testing.assert_close(b.adapter_state[name], tensor, rtol=1e-4, atol=1e-5)
+
+
+def test_a_pack_cuts_the_last_queries_unless_its_trials_split_that_attention(models, task):
+    """A prefix in the last block makes that self-attention a per-trial split: the pack keeps every query there."""
+    trainer = _trainer(models, "bert", task, pooled_only=True, frozen_cache=True)
+    prefix_last = PeftPlan.from_modules(2, {1: [M("prefix", "attn", 3)]})
+    for plans, queries in (([PLANS[0], PLANS[1], PLANS[3]], True), ([PLANS[0], prefix_last], False)):
+        pack = PackedTrainer(trainer, len(plans))
+        packed = pack.packed_model([pack.build_model(p) for p in plans])[0]
+        assert is_cut(packed) and queries_cut(packed) == queries
+        alone = [trainer.run(p) for p in plans]
+        for a, b in zip(alone, pack.run_many(plans)):
+            assert b.score == a.score and b.train_loss == pytest.approx(a.train_loss, rel=1e-5)
 
 
 def test_packed_trials_equal_solo_trials_with_the_frozen_layer_cache(models, task):
