@@ -11,6 +11,10 @@ For every seed, on the replay objective (``benchmarks/search_quality.py``'s sear
    (:func:`autopeft.transfer.warm_start`: the source's ``--top`` most promising plans, after the head-only anchor),
    then the default sampler, for the same ``--trials`` trials in all (the seeds count).
 
+``--arms prior warm+prior`` adds target studies that get the source's completed trials as the default sampler's
+transferred prior mean for the score (``MOBOSampler(prior=...)``, :func:`autopeft.transfer.prior_observations`):
+*prior* queues nothing (the study keeps its own quasi-random start), *warm+prior* also gets the carried plans.
+
 Reported per measure (``project`` and ``log-nadir``, as in search_quality.py, in % of the target table's true
 front): the hypervolume of both after 10, 25 and ``--trials`` trials (mean ± standard deviation over seeds), and
 how many trials the warm study took to reach the cold study's final hypervolume (median over seeds; a seed that
