@@ -455,7 +455,9 @@ class MOBOSampler(optuna.samplers.BaseSampler):
         # study's parameters: [(params, objective values)], or None. Each objective modelled on its own scale (the
         # score, not a log cost) then gets a transferred prior mean: a GP fitted once to those observations, scaled by
         # the least-squares weight (>= 0) that fits this study's own results, and this study's GP models what is
-        # left (ehvi only; :meth:`_prior_means`). autopeft passes :class:`~autopeft.optimize.samplers.SourcePrior`.
+        # left (ehvi only; :meth:`_prior_means`). Only benchmarks/warm_start.py's prior arms pass one (the source's
+        # results, autopeft.transfer.prior_observations): measured, it was no reliable win (docs/benchmarks.md, "A
+        # transferred prior instead of carried plans"), so ``autopeft run`` does not.
         self.prior = prior
         self._priors: dict[Any, dict[int, Callable[[torch.Tensor], torch.Tensor]]] = {}
         self.mc_samples = mc_samples  # qlognehvi only
