@@ -16,12 +16,22 @@ def test_reach_counts_trials_until_the_goal_or_one_past_the_end():
 
 def test_the_warm_study_starts_with_the_source_plans(tables):
     source, target = map(str, tables)
-    out = warm_start.run_seed((0, source, target, 10, 12, 4, False))
+    out = warm_start.run_seed((0, source, target, 10, 12, 4, False, ()))
     assert 1 <= out["seeded"] <= 4
     assert len(out["cold"]) == len(out["warm"]) == 12
     # both start with the head-only anchor; then the cold study samples, the warm one replays the seeds
     assert out["cold"][0] == out["warm"][0]
     assert out["cold"][1:1 + out["seeded"]] != out["warm"][1:1 + out["seeded"]]
+
+
+def test_the_prior_arm_queues_nothing_and_hands_the_source_to_the_sampler(tables, monkeypatch):
+    given = []
+    give = warm_start.give_prior
+    monkeypatch.setattr(warm_start, "give_prior", lambda study, obs: (given.append(len(obs)), give(study, obs)))
+    source, target = map(str, tables)
+    out = warm_start.run_seed((0, source, target, 10, 12, 4, False, ("prior",)))
+    assert given == [10] and len(out["prior"]) == 12  # every source result, one prior study
+    assert out["prior"][:9] == out["cold"][:9]  # anchor and start-up as the cold study's: nothing queued
 
 
 def test_the_command_prints_both_studies_per_measure(tables, capsys):
@@ -38,7 +48,7 @@ def test_the_command_prints_both_studies_per_measure(tables, capsys):
 
 
 def test_a_study_of_a_shallower_model_seeds_one_of_a_deeper_one(tables, shallow_table):
-    out = warm_start.run_seed((0, str(shallow_table), str(tables[1]), 10, 12, 4, True))
+    out = warm_start.run_seed((0, str(shallow_table), str(tables[1]), 10, 12, 4, True, ()))
     assert 1 <= out["seeded"] <= 4
     assert len(out["warm"]) == 12
     assert out["cold"][1:1 + out["seeded"]] != out["warm"][1:1 + out["seeded"]]
