@@ -71,6 +71,15 @@ def map_params(src: SearchSpace, dst: SearchSpace, params: Mapping[str, int]) ->
     return out
 
 
+def _check_source(study: AutopeftStudy, source: AutopeftStudy) -> None:
+    """Refuse a source that is ``study`` itself or optimises other objectives."""
+    if source.name == study.name:
+        raise StudyError(f"--warm-start: {source.name!r} is this study itself; name another, finished study")
+    if list(source.objectives) != list(study.objectives):
+        raise StudyError(f"--warm-start: {source.name!r} optimises {source.objectives}, this study {study.objectives}; "
+                         "warm starts need the same objectives (the same space preset)")
+
+
 def warm_start(study: AutopeftStudy, source: AutopeftStudy, top: int = 8) -> list[tuple[int, int]]:
     """Queue the ``top`` most promising COMPLETE trials of ``source`` in ``study``, mapped to its space.
     Plans already in ``study`` (any trial with the same parameters) are skipped, so a second call queues nothing
@@ -79,11 +88,7 @@ def warm_start(study: AutopeftStudy, source: AutopeftStudy, top: int = 8) -> lis
 
     if top < 1:
         raise StudyError(f"--warm-start-top: must be at least 1 (got {top})")
-    if source.name == study.name:
-        raise StudyError(f"--warm-start: {source.name!r} is this study itself; name another, finished study")
-    if list(source.objectives) != list(study.objectives):
-        raise StudyError(f"--warm-start: {source.name!r} optimises {source.objectives}, this study {study.objectives}; "
-                         "warm starts need the same objectives (the same space preset)")
+    _check_source(study, source)
     order = promotion_order(source)
     if not order:
         raise StudyError(f"--warm-start: {source.name!r} has no COMPLETE feasible trial to start from")
@@ -99,11 +104,7 @@ def prior_observations(study: AutopeftStudy, source: AutopeftStudy) -> list[tupl
     """Every COMPLETE trial of ``source`` as ``(parameters of study's space, objective values)``, mapped by relative
     depth as :func:`warm_start` maps plans: what the default sampler's transferred prior mean is fitted to
     (:class:`autopeft.optimize.mobo.MOBOSampler`'s ``prior``). Nothing is queued."""
-    if source.name == study.name:
-        raise StudyError(f"--warm-start: {source.name!r} is this study itself; name another, finished study")
-    if list(source.objectives) != list(study.objectives):
-        raise StudyError(f"--warm-start: {source.name!r} optimises {source.objectives}, this study {study.objectives}; "
-                         "warm starts need the same objectives (the same space preset)")
+    _check_source(study, source)
     return [(map_params(source.space, study.space, t.params), list(t.values))
             for t in source.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
 
