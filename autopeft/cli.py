@@ -619,8 +619,16 @@ def dashboard(
                "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
     console.print(f"dashboard on http://{host}:{port} · {redact(url)} (read-only) · Ctrl-C stops it", highlight=False)
     # The URL travels in the environment, not on the command line, so a password never shows in `ps`.
+    env = {**os.environ, STORAGE_ENV: url}
+    if os.name == "posix":
+        # Streamlit takes this process's place, so a signal sent to it (`kill`, `docker stop`, a supervisor)
+        # reaches the server itself. A child started with subprocess would outlive this process on SIGTERM and
+        # keep serving the port.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, command, env)
     try:
-        code = subprocess.call(command, env={**os.environ, STORAGE_ENV: url})
+        code = subprocess.call(command, env=env)
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)

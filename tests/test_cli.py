@@ -103,3 +103,47 @@ def test_space_validate(tmp_path):
     bad.write_text("name: x\nmodules: {lora: {sizes: [0, 8], sites: [q, gate]}}\n")
     r = cli("space", "validate", str(bad), check=False)
     assert r.returncode == 2 and "modules.lora.sites[1]" in r.stderr and "gate" in r.stderr
+
+
+def _health(base: str) -> bool:
+    import urllib.request
+    try:
+        return urllib.request.urlopen(f"{base}/_stcore/health", timeout=1).read() == b"ok"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGTERM semantics are POSIX")
+def test_dashboard_stops_on_sigterm(tmp_path):
+    """`kill` (or `docker stop`) on `autopeft dashboard` stops the server, leaving nothing on the port."""
+    import socket
+    import time
+
+    pytest.importorskip("streamlit")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    with log.open("w") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "autopeft", "dashboard", "--storage",
+                                 f"sqlite:///{tmp_path / 'study.db'}", "--port", str(port)],
+                                stdout=handle, stderr=subprocess.STDOUT, env=ENV)
+        try:
+            for _ in range(240):
+                assert proc.poll() is None, f"dashboard exited with {proc.returncode}:\n{log.read_text()}"
+                if _health(base):
+                    break
+                time.sleep(0.25)
+            else:
+                raise AssertionError(f"dashboard did not answer:\n{log.read_text()}")
+            proc.terminate()
+            proc.wait(20)
+            for _ in range(40):  # a server that outlived the command would keep answering
+                if not _health(base):
+                    break
+                time.sleep(0.25)
+            assert not _health(base), f"the server still answers on port {port} after SIGTERM"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
