@@ -419,14 +419,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", type=int, default=None,
                     help="use the table's first N plans only (a table being built grows at its end: a fixed N "
                     "makes the run repeatable)")
-    ap.add_argument("--doc", default=str(DEFAULT_DOC), help="markdown file to write the section into ('' for none)")
+    ap.add_argument("--doc", default=None, help=f"markdown file to write the section into (default: {DEFAULT_DOC.name} "
+                    "of docs/; '' for none)")
     ap.add_argument("--replay", choices=tuple(REPLAYS), default="nearest",
                     help="nearest: a plan the table does not record gets the nearest recorded plan's metrics; "
                     "distinct: the nearest one this search has not been answered with yet (its own section)")
     ap.add_argument("--plot", default=None, help="PNG path (default: docs/search_quality[_distinct].png; '' for none)")
     ap.add_argument("--json", default=None, help="per-trial results (default: benchmarks/data/search_quality"
                     "[_distinct].json; '' for none)")
+    ap.add_argument("--from-json", default=None, metavar="PATH",
+                    help="run no search: summarise a stored run (the file its --json wrote), printed; --doc and --plot "
+                    "write only when given")
+    ap.add_argument("--seed-range", default=None, metavar="A-B",
+                    help="with --from-json: only the searches of seeds A..B (e.g. 10-19, a replication's new seeds)")
     args = ap.parse_args(argv)
+    if args.seed_range is not None and args.from_json is None:
+        ap.error("--seed-range: only with --from-json PATH (a search run takes --seeds N: seeds 0..N-1)")
+    if args.from_json is not None:
+        resummarise(args, argv)
+        return
+    args.doc = str(DEFAULT_DOC) if args.doc is None else args.doc
     names = [s for s in dict.fromkeys(args.samplers.split(",")) if s]
     source = args.table
     args.table = snapshot(source, args.rows)  # every search replays the same rows, whatever the build appends
@@ -471,6 +483,42 @@ def main(argv: list[str] | None = None) -> None:
     if args.doc:
         write_section(Path(args.doc), text, REPLAYS[args.replay][0])
     os.unlink(args.table)  # the snapshot
+
+
+def resummarise(args, argv: list[str] | None) -> None:
+    """The report of a stored run (``--from-json``), optionally of some of its seeds (``--seed-range A-B``)."""
+    from autopeft.optimize.samplers import DEFAULT_SAMPLER
+
+    path = Path(args.from_json)
+    try:
+        stored = json.loads(path.read_text())
+        meta, results = stored["meta"], stored["results"]
+    except (OSError, ValueError, KeyError) as exc:
+        sys.exit(f"--from-json: {path} is not a run this script stored with --json ({exc}); pass the file a run wrote")
+    if args.seed_range is not None:
+        lo, sep, hi = args.seed_range.partition("-")
+        if not (lo.isdigit() and hi.isdigit() and sep and int(lo) <= int(hi)):
+            sys.exit(f"--seed-range: {args.seed_range!r} is not a range A-B of seeds with A <= B; pass e.g. 10-19")
+        results = [r for r in results if int(lo) <= r["seed"] <= int(hi)]
+        if not results:
+            sys.exit(f"--seed-range: the run in {path} has no search of seeds {args.seed_range}")
+        meta = {**meta, "seeds": f"{args.seed_range} of that run ({meta['seeds']})"}
+    meta = {**meta, "command": f"{meta['command']}` summarised by `python benchmarks/search_quality.py "
+            + " ".join(argv if argv is not None else sys.argv[1:])}
+    table_path = snapshot(str(ROOT / meta["table"]), meta["plans"])
+    try:
+        table, _, _ = replay_setup(table_path)
+    finally:
+        os.unlink(table_path)
+    trials = max(len(r["values"]) for r in results)
+    checkpoints = [k for k in CHECKPOINTS if k <= trials]
+    summary = summarise(results, table.rows, checkpoints)
+    text = markdown(summary, results, meta, checkpoints, DEFAULT_SAMPLER)
+    print(text)
+    if args.plot:
+        plot(summary, Path(args.plot), DEFAULT_SAMPLER)
+    if args.doc:
+        write_section(Path(args.doc), text, REPLAYS[meta["replay"]][0])
 
 
 if __name__ == "__main__":

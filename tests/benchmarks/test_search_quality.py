@@ -66,3 +66,29 @@ def test_the_lead_interval_holds_the_difference_and_separates_only_separate_samp
     summary = {"measures": {m: {"curves": curves} for m in search_quality.MEASURES}}
     text = "\n".join(search_quality.difference_lines(summary, [25], "a"))
     assert "| b | +10.5 [" in text and "| c | not run" in text  # one run of c: no interval
+
+
+def test_a_stored_run_is_summarised_again_for_some_of_its_seeds(tables, tmp_path, capsys):
+    _, target = tables
+    out = tmp_path / "sq.json"
+    search_quality.main(["--table", str(target), "--samplers", "random,botorch", "--seeds", "2", "--trials", "10",
+                         "--doc", "", "--plot", "", "--json", str(out)])
+    capsys.readouterr()
+    saved = json.loads(out.read_text())
+    before = search_quality.DEFAULT_DOC.read_text()
+    search_quality.main(["--from-json", str(out), "--seed-range", "1-1"])
+    text = capsys.readouterr().out
+    assert search_quality.DEFAULT_DOC.read_text() == before  # no --doc: the docs are not rewritten
+    assert "| random | 1 |" in text and "| botorch (default) | 1 |" in text and "seeds 1-1 of that run" in text
+    # the row is seed 1's own hypervolume after 10 trials
+    table, _, _ = search_quality.replay_setup(str(target))
+    ref, full = search_quality.true_front("project", table.rows)
+    seed1 = next(r for r in saved["results"] if r["sampler"] == "random" and r["seed"] == 1)
+    hv = search_quality.curve(seed1["values"], "project", ref, full)[9]
+    assert f"| random | 1 | {hv:.1f} ± 0.0 [{hv:.1f}-{hv:.1f}] |" in text
+    with pytest.raises(SystemExit, match="no search of seeds 5-6"):
+        search_quality.main(["--from-json", str(out), "--seed-range", "5-6"])
+    with pytest.raises(SystemExit, match="A <= B"):
+        search_quality.main(["--from-json", str(out), "--seed-range", "3-1"])
+    with pytest.raises(SystemExit):  # a search run takes --seeds
+        search_quality.main(["--seed-range", "0-1"])
