@@ -26,6 +26,7 @@ sampler ``NAME`` (``NAME+reversed-sensitivity``: the same seeds from the reverse
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import multiprocessing as mp
@@ -439,6 +440,8 @@ def main(argv: list[str] | None = None) -> None:
         resummarise(args, argv)
         return
     args.doc = str(DEFAULT_DOC) if args.doc is None else args.doc
+    if args.plot != "" and importlib.util.find_spec("matplotlib") is None:  # fail now, not after the searches
+        sys.exit("--plot: matplotlib is not installed; pip install -e '.[benchmark]', or pass --plot '' for no plot")
     names = [s for s in dict.fromkeys(args.samplers.split(",")) if s]
     source = args.table
     args.table = snapshot(source, args.rows)  # every search replays the same rows, whatever the build appends

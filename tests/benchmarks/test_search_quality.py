@@ -92,3 +92,15 @@ def test_a_stored_run_is_summarised_again_for_some_of_its_seeds(tables, tmp_path
         search_quality.main(["--from-json", str(out), "--seed-range", "3-1"])
     with pytest.raises(SystemExit):  # a search run takes --seeds
         search_quality.main(["--seed-range", "0-1"])
+
+
+def test_a_missing_plotting_library_stops_the_run_before_any_search(tables, monkeypatch):
+    import importlib.util
+
+    _, target = tables
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setattr(search_quality, "run_search", lambda job: pytest.fail("a search ran"))
+    with pytest.raises(SystemExit, match=r"matplotlib is not installed.*--plot ''"):
+        search_quality.main(["--table", str(target), "--samplers", "random", "--seeds", "1", "--trials", "10",
+                             "--doc", "", "--json", ""])
