@@ -1,6 +1,6 @@
 """What the default sampler's score GP should read: the plan's slots or the space's parameters.
 
-    python benchmarks/plan_inputs.py [--table FILE] [--train 50] [--draws 10] [--budget-seeds 6]
+    python benchmarks/plan_inputs.py [--table FILE] [--train 50] [--draws 10] [--budget-seeds 6] [--no-priors]
 
 Part 1 - how well a GP ranks plans it has not seen. From the tabular benchmark (``benchmarks/build_table.py``), each
 draw takes ``--train`` random plans (seeded), fits the GP the sampler fits (BoTorch ``SingleTaskGP``, standardised
@@ -12,6 +12,10 @@ Spearman correlation of predicted and true scores, and the mean true score of th
 * ``slots`` - one input per (layer, method, site) slot (``SearchSpace.slot_features``), plus the parameters no slot
   reads (variants, top-k, routing): what the default's score GP reads (``ProductInputs.plan_cols``);
 * ``slots + parameters`` - both.
+
+Part 3 - SAAS-style sparsity (as in the AutoPEFT paper's SAAS-BO) on the slots. The same held-out ranking, at
+``--train`` and at half as many plans, for the GP under BoTorch's default prior and under two MAP forms of the SAAS
+prior (:data:`PRIORS`): does a prior that switches most slots off rank unseen plans better? ``--no-priors`` skips it.
 
 Part 2 - proposals over a trainable-% budget. Seeded searches of ``search_spaces/autopeft.yaml`` on MiniLM's shape
 with ``budget.max_trainable_pct: 0.1``, scored by the synthetic objective (exact trainable %): 8 Sobol
@@ -52,13 +56,36 @@ def encodings(table_path: str):
     return scores, {"parameters": params, "slots": slots, "slots + parameters": torch.cat([slots, params], -1)}
 
 
-def rank_quality(x, y, train: int, draws: int) -> dict[str, float]:
+#: Part 3's GP priors: BoTorch's default (what the sampler fits), and two forms of SAAS sparsity
+PRIORS = {
+    "default": "RBF, BoTorch's dimension-scaled log-normal length-scale prior (the sampler's GP)",
+    "saas-rbf": "RBF, SAAS prior (half-Cauchy shrinkage of 1 / length-scale², global scale inferred), MAP fit",
+    "map-saas": "BoTorch's get_map_saas_model: Matern-5/2, SAAS prior, its own noise and mean priors, MAP fit",
+}
+
+
+def gp(x, y, prior: str = "default"):
+    """An unfitted GP on (x, y) with standardised outcomes, under one of :data:`PRIORS`."""
+    from botorch.models import SingleTaskGP
+    from botorch.models.map_saas import add_saas_prior, get_map_saas_model
+    from botorch.models.transforms import Standardize
+    from gpytorch.kernels import RBFKernel
+
+    if prior == "default":
+        return SingleTaskGP(x, y, outcome_transform=Standardize(m=1))
+    if prior == "saas-rbf":
+        kernel = add_saas_prior(RBFKernel(ard_num_dims=x.shape[-1]))
+        return SingleTaskGP(x, y, covar_module=kernel, outcome_transform=Standardize(m=1))
+    if prior == "map-saas":
+        return get_map_saas_model(x, y, outcome_transform=Standardize(m=1))
+    raise ValueError(f"prior: {prior!r} is not one of {', '.join(PRIORS)}")
+
+
+def rank_quality(x, y, train: int, draws: int, prior: str = "default") -> dict[str, float]:
     """Mean over ``draws`` seeded splits: Spearman correlation on held-out plans, mean true score of the GP's top 10,
     mean held-out score."""
     import torch
     from botorch.fit import fit_gpytorch_mll
-    from botorch.models import SingleTaskGP
-    from botorch.models.transforms import Standardize
     from gpytorch.mlls import ExactMarginalLogLikelihood
     from scipy.stats import spearmanr
 
@@ -66,7 +93,7 @@ def rank_quality(x, y, train: int, draws: int) -> dict[str, float]:
     for draw in range(draws):
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(draw))
         tr, te = perm[:train], perm[train:]
-        model = SingleTaskGP(x[tr], y[tr, None], outcome_transform=Standardize(m=1))
+        model = gp(x[tr], y[tr, None], prior)
         fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
         with torch.no_grad():
             pred = model.posterior(x[te]).mean.squeeze(-1)
@@ -128,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=int, default=50, help="plans the GP is fitted to, per draw")
     parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--budget-seeds", type=int, default=6)
+    parser.add_argument("--no-priors", dest="priors", action="store_false", help="skip part 3 (the GP's prior)")
     args = parser.parse_args(argv)
     import optuna
     import torch
@@ -145,6 +173,17 @@ def main(argv: list[str] | None = None) -> None:
         q = rank_quality(x, scores, args.train, args.draws)
         print(f"| {name} | {x.shape[1]} | {q['rho']:.2f} ± {q['rho_sd']:.2f} | {q['top10']:.3f} | {q['random']:.3f} |",
               flush=True)
+    if args.priors:
+        print(f"\nPart 3: the GP's prior on the slots; GP on {args.train // 2} and on {args.train} random plans, mean over "
+              f"{args.draws} draws\n")
+        print("| prior | plans fitted | Spearman (held-out scores) | mean score of the GP's top 10 | mean held-out score |")
+        print("|---|---:|---:|---:|---:|")
+        for train in (args.train // 2, args.train):
+            for prior in PRIORS:
+                q = rank_quality(encoded["slots"], scores, train, args.draws, prior)
+                print(f"| {prior} | {train} | {q['rho']:.2f} ± {q['rho_sd']:.2f} | {q['top10']:.3f} | {q['random']:.3f} |",
+                      flush=True)
+        print("\n" + "\n".join(f"* `{k}`: {v}" for k, v in PRIORS.items()))
     if args.budget_seeds:
         seeds = range(args.budget_seeds)
         on_slots = [over_budget(s, slots=True) for s in seeds]

@@ -68,6 +68,7 @@ ABLATIONS = {
     "autopeft-qlognehvi": {"acquisition": "qlognehvi"},  # BoTorch's Monte-Carlo qLogNEHVI instead of analytic EHVI
     "autopeft-parameter-inputs": {"inputs": False},  # the GP reads the parameters, not the plan's slots
     "autopeft-inferred-reference": {"reference": False},  # EHVI's reference inferred from the front, not the project's
+    "autopeft-saas": {"sparsity": True},  # SAAS shrinkage prior on the GPs' length-scales, not BoTorch's default
 }
 
 

@@ -303,3 +303,18 @@ def test_a_prior_the_study_contradicts_gets_no_weight():
     without, _, _ = _prior_fit(-1.0, prior=False)
     assert weights == [0.0, 0.0]
     assert torch.allclose(contradicted, without)  # the same model as without the prior
+
+
+def test_sparsity_fits_every_gp_under_a_saas_prior_and_proposes_from_the_model():
+    sp = space("autopeft")
+    sampler = MOBOSampler(seed=0, n_startup_trials=STARTUP, sparsity=True)
+    study = optuna.create_study(directions=sp.directions, sampler=sampler)
+    for _ in range(STARTUP + 3):
+        tell(study, sp, ask(study, sp))
+    assert sampler.stats["model"] == 3 and sampler.stats["independent"] == 0
+    fitted = sampler._fit_gp(0, torch.rand(6, 4, dtype=torch.double), torch.rand(6, 1, dtype=torch.double))
+    priors = {n.rsplit(".", 1)[-1]: type(p).__name__ for n, _, p, *_ in fitted.named_priors()}
+    assert priors["inv_lengthscale_prior"] == priors["tau_prior"] == "HalfCauchyPrior"
+    assert "lengthscale_prior" not in priors  # BoTorch's log-normal prior is replaced, not stacked
+    plain = MOBOSampler(seed=0)._fit_gp(0, torch.rand(6, 4, dtype=torch.double), torch.rand(6, 1, dtype=torch.double))
+    assert "tau_prior" not in {n.rsplit(".", 1)[-1] for n, *_ in plain.named_priors()}
