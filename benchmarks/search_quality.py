@@ -440,8 +440,6 @@ def main(argv: list[str] | None = None) -> None:
         resummarise(args, argv)
         return
     args.doc = str(DEFAULT_DOC) if args.doc is None else args.doc
-    if args.plot != "" and importlib.util.find_spec("matplotlib") is None:  # fail now, not after the searches
-        sys.exit("--plot: matplotlib is not installed; pip install -e '.[benchmark]', or pass --plot '' for no plot")
     names = [s for s in dict.fromkeys(args.samplers.split(",")) if s]
     source = args.table
     args.table = snapshot(source, args.rows)  # every search replays the same rows, whatever the build appends
@@ -451,6 +449,9 @@ def main(argv: list[str] | None = None) -> None:
         make_named_sampler(sampler_name, 0, space)  # unknown names fail here, before any search
         if start and start not in STARTS:
             sys.exit(f"--samplers: unknown start {start!r} in {name!r}; choose one of {', '.join(STARTS)}")
+    if args.plot != "" and importlib.util.find_spec("matplotlib") is None:  # fail now, not after the searches
+        os.unlink(args.table)
+        sys.exit("--plot: matplotlib is not installed; pip install -e '.[benchmark]', or pass --plot '' for no plot")
     checkpoints = [k for k in CHECKPOINTS if k <= args.trials]
     meta = {"command": "python benchmarks/search_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": machine(), "date": time.strftime("%Y-%m-%d"), "table": os.path.relpath(source, ROOT),
