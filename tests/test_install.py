@@ -110,9 +110,22 @@ def test_the_quickstart_runs_with_the_base_dependencies_alone(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "PYTHONNOUSERSITE": "1",
            "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
     # -S: no site-packages on the path, only the linked base install and the checkout
-    proc = subprocess.run([sys.executable, "-S", "-m", "autopeft", "run", "--trials", "2", "--workers", "1",
-                           "--storage", f"sqlite:///{tmp_path / 'quick.db'}", "--steps", "3", "--train-examples", "32",
-                           "--eval-examples", "16", "--batch-size", "8", "--max-length", "32"],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
-    assert proc.returncode == 0, f"the quickstart failed on a base install:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert "Pareto front" in proc.stdout and "2 complete" in proc.stdout
+    store = ["--storage", f"sqlite:///{tmp_path / 'quick.db'}"]
+
+    def cli(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-S", "-m", "autopeft", *args], capture_output=True, text=True,
+                              cwd=tmp_path, env=env, timeout=900)
+        assert proc.returncode == 0, (f"autopeft {' '.join(args)} failed on a base install:\n{proc.stdout[-3000:]}\n"
+                                      f"{proc.stderr[-3000:]}")
+        return proc.stdout
+
+    out = cli("run", "--trials", "2", "--workers", "1", *store, "--steps", "3", "--train-examples", "32",
+              "--eval-examples", "16", "--batch-size", "8", "--max-length", "32")
+    assert "Pareto front" in out and "2 complete" in out
+    # what a user does next with the front, on the same base install (peft's format is written without peft)
+    name = "autopeft-rotten_tomatoes-minilm"
+    assert "Pareto front" in cli("study", "show", name, *store)
+    cli("export", name, "--trial", "1", "-o", "plan.yaml", *store)
+    cli("export", name, "--trial", "1", "--format", "peft", "-o", "adapter", *store)
+    assert (tmp_path / "plan.yaml").is_file() and any((tmp_path / "adapter").iterdir())
+    assert "hypervolume" in cli("study", "compare", name, name, *store).lower()
