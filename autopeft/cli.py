@@ -17,8 +17,21 @@ study_app = typer.Typer(help="Inspect studies.", no_args_is_help=True)
 space_app = typer.Typer(help="Inspect and validate search spaces.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 app.add_typer(space_app, name="space")
-console = Console()
-err_console = Console(stderr=True)
+#: Width of output that goes to a file or pipe (a log, `docker logs`, CI) when $COLUMNS does not say: rich's
+#: 80 columns would fold every plan of the Pareto table over several lines.
+PIPE_WIDTH = 200
+
+
+def _console(stderr: bool = False) -> Console:
+    import os
+
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (hasattr(stream, "isatty") and stream.isatty()) and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, width=PIPE_WIDTH if piped else None)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 StorageOpt = typer.Option(None, "--storage", help="SQLAlchemy URL or SQLite file (env AUTOPEFT_STORAGE; default sqlite:///autopeft.db).")
 

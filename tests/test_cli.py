@@ -147,3 +147,15 @@ def test_dashboard_stops_on_sigterm(tmp_path):
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_piped_output_keeps_each_front_row_on_one_line(tmp_path):
+    """Without a terminal or $COLUMNS (a log file, `docker logs`), tables are not folded to 80 columns."""
+    env = {k: v for k, v in ENV.items() if k != "COLUMNS"}
+    proc = subprocess.run([sys.executable, "-m", "autopeft", "run", "--objective", "synthetic", "--trials", "6",
+                           "--workers", "1", "--sampler", "random", "--storage", f"sqlite:///{tmp_path / 's.db'}"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    assert rows and max(len(r) for r in rows) > 80  # the plans are long: at 80 columns they would fold
+    assert not [r for r in rows if r.split("│")[1].strip() == ""]  # no continuation line (empty trial cell)
