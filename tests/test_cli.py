@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import yaml
+from serving import answers, start_dashboard
 from tiny_proxy import save_tiny
 
 ENV = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
@@ -105,48 +106,24 @@ def test_space_validate(tmp_path):
     assert r.returncode == 2 and "modules.lora.sites[1]" in r.stderr and "gate" in r.stderr
 
 
-def _health(base: str) -> bool:
-    import urllib.request
-    try:
-        return urllib.request.urlopen(f"{base}/_stcore/health", timeout=1).read() == b"ok"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(os.name != "posix", reason="SIGTERM semantics are POSIX")
 def test_dashboard_stops_on_sigterm(tmp_path):
     """`kill` (or `docker stop`) on `autopeft dashboard` stops the server, leaving nothing on the port."""
-    import socket
     import time
 
     pytest.importorskip("streamlit")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
-    with log.open("w") as handle:
-        proc = subprocess.Popen([sys.executable, "-m", "autopeft", "dashboard", "--storage",
-                                 f"sqlite:///{tmp_path / 'study.db'}", "--port", str(port)],
-                                stdout=handle, stderr=subprocess.STDOUT, env=ENV)
-        try:
-            for _ in range(240):
-                assert proc.poll() is None, f"dashboard exited with {proc.returncode}:\n{log.read_text()}"
-                if _health(base):
-                    break
-                time.sleep(0.25)
-            else:
-                raise AssertionError(f"dashboard did not answer:\n{log.read_text()}")
-            proc.terminate()
-            proc.wait(20)
-            for _ in range(40):  # a server that outlived the command would keep answering
-                if not _health(base):
-                    break
-                time.sleep(0.25)
-            assert not _health(base), f"the server still answers on port {port} after SIGTERM"
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    proc, base = start_dashboard(f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "server.log", ENV)
+    try:
+        proc.terminate()
+        proc.wait(20)
+        for _ in range(40):  # a server that outlived the command would keep answering
+            if not answers(base):
+                break
+            time.sleep(0.25)
+        assert not answers(base), f"the server still answers at {base} after SIGTERM"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_piped_output_keeps_each_front_row_on_one_line(tmp_path):

@@ -11,11 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,6 +19,7 @@ from optuna.trial import TrialState
 
 from autopeft.dashboard.data import plan_grid
 from autopeft.optimize.pareto import pareto_front
+from serving import start_dashboard, stop
 
 pytestmark = pytest.mark.browser
 
@@ -50,40 +46,15 @@ def chromium() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path, make_study):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     st = make_study(url, "dash-demo", n_trials=16, fail_every=7)  # its own file: a fixed name is safe
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "autopeft", "dashboard", "--storage", url, "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_dashboard(url, tmp_path / "server.log", {**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
-        for _ in range(240):  # the server is up when its health check answers
-            if proc.poll() is not None:
-                raise AssertionError(f"dashboard exited with {proc.returncode}:\n{(tmp_path / 'server.log').read_text()}")
-            try:
-                if urllib.request.urlopen(f"{base}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.25)
-        else:
-            raise AssertionError(f"dashboard did not answer:\n{(tmp_path / 'server.log').read_text()}")
         yield base, st
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop(proc)
 
 
 def test_click_a_front_point_shows_its_plan_and_exports_it(chromium, server, tmp_path):

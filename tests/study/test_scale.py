@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from optuna.trial import TrialState
 
 from autopeft.study.storage import open_storage
 from autopeft.study.study import load
+
+from serving import free_port
 
 SYNTHETIC = ["--objective", "synthetic", "--space", "autopeft"]
 FAST_PROXY = ["--steps", "40", "--train-examples", "64", "--eval-examples", "32", "--batch-size", "8", "--max-length", "32"]
@@ -255,12 +256,6 @@ def test_passwords_never_printed(postgres_url, study_name, tmp_path):
 
 
 # --------------------------------------------------------------------------- a PostgreSQL of our own
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PrivatePostgres:
     """A throwaway PostgreSQL cluster that this test may stop and start (the shared one must stay up)."""
 
@@ -271,7 +266,7 @@ class PrivatePostgres:
         if pg_ctl is None:
             raise FileNotFoundError("pg_ctl")
         self.bin = pg_ctl.parent
-        self.port = _free_port()
+        self.port = free_port()
         self.data = Path(tempfile.mkdtemp(prefix="autopeft-pg-"))
         self.as_postgres = os.geteuid() == 0  # the server refuses to run as root
         if self.as_postgres:
