@@ -65,17 +65,15 @@ PRIORS = {
 
 
 def gp(x, y, prior: str = "default"):
-    """An unfitted GP on (x, y) with standardised outcomes, under one of :data:`PRIORS`."""
-    from botorch.models import SingleTaskGP
-    from botorch.models.map_saas import add_saas_prior, get_map_saas_model
+    """An unfitted GP on (x, y) with standardised outcomes, under one of :data:`PRIORS` (the first two are the
+    sampler's own, :func:`autopeft.optimize.mobo.exact_gp`)."""
+    from botorch.models.map_saas import get_map_saas_model
     from botorch.models.transforms import Standardize
-    from gpytorch.kernels import RBFKernel
 
-    if prior == "default":
-        return SingleTaskGP(x, y, outcome_transform=Standardize(m=1))
-    if prior == "saas-rbf":
-        kernel = add_saas_prior(RBFKernel(ard_num_dims=x.shape[-1]))
-        return SingleTaskGP(x, y, covar_module=kernel, outcome_transform=Standardize(m=1))
+    from autopeft.optimize.mobo import exact_gp
+
+    if prior in ("default", "saas-rbf"):
+        return exact_gp(x, y, sparsity=prior == "saas-rbf")
     if prior == "map-saas":
         return get_map_saas_model(x, y, outcome_transform=Standardize(m=1))
     raise ValueError(f"prior: {prior!r} is not one of {', '.join(PRIORS)}")

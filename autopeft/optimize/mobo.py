@@ -642,19 +642,10 @@ class MOBOSampler(optuna.samplers.BaseSampler):
 
     def _fit_gp(self, i: int, x: torch.Tensor, y: torch.Tensor):
         """An exact GP on (x, y): hyperparameters from the previous fit (if any) refined by a few L-BFGS steps."""
-        from botorch.models import SingleTaskGP
-        from botorch.models.transforms import Standardize
         from botorch.optim.fit import fit_gpytorch_mll_scipy
         from gpytorch.mlls import ExactMarginalLogLikelihood
 
-        if self.sparsity:
-            from botorch.models.map_saas import add_saas_prior
-            from gpytorch.kernels import RBFKernel
-
-            kernel = add_saas_prior(RBFKernel(ard_num_dims=x.shape[-1]))
-            model = SingleTaskGP(x, y, covar_module=kernel, outcome_transform=Standardize(m=1))
-        else:
-            model = SingleTaskGP(x, y, outcome_transform=Standardize(m=1))
+        model = exact_gp(x, y, self.sparsity)
         previous = self._hypers.get(i)
         warm = previous is not None and _same_shapes(model, previous)
         if warm:
@@ -797,6 +788,21 @@ class MOBOSampler(optuna.samplers.BaseSampler):
         order = best.argsort(descending=True)
         rest = values.argsort(descending=True)[: 8 * self.num_restarts]
         return torch.cat([current[order], starts[rest]])
+
+
+def exact_gp(x: torch.Tensor, y: torch.Tensor, sparsity: bool = False):
+    """The unfitted GP the sampler fits to (x, y): BoTorch's ``SingleTaskGP`` with standardised outcomes, under
+    BoTorch's default length-scale prior or, with ``sparsity``, the SAAS prior on an RBF kernel."""
+    from botorch.models import SingleTaskGP
+    from botorch.models.transforms import Standardize
+
+    if not sparsity:
+        return SingleTaskGP(x, y, outcome_transform=Standardize(m=1))
+    from botorch.models.map_saas import add_saas_prior
+    from gpytorch.kernels import RBFKernel
+
+    kernel = add_saas_prior(RBFKernel(ard_num_dims=x.shape[-1]))
+    return SingleTaskGP(x, y, covar_module=kernel, outcome_transform=Standardize(m=1))
 
 
 def prior_weight(p: torch.Tensor, y: torch.Tensor) -> float:
