@@ -67,16 +67,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_table's sampler
 
 ROWS = ("baseline", "unfused", "plain", "buckets", "cache", "pooled", "bf16", "pack", "baseline-bf16", "pooled-adamw",
-        "pooled-ffn")
+        "pooled-ffn", "pooled-compiled")
 #: Rows outside the chain of "x row above" and the shares: controls beside it, not steps of it.
-CONTROLS = ("baseline-bf16", "pooled-adamw", "pooled-ffn")
+CONTROLS = ("baseline-bf16", "pooled-adamw", "pooled-ffn", "pooled-compiled")
 LABELS = {"baseline": "baseline: Optuna + peft + plain loop", "unfused": "autopeft, kernels unfused",
           "plain": "autopeft plain", "buckets": "+ length buckets", "cache": "+ frozen-layer cache",
           "pooled": "+ pooled token only",
           "pack": "+ pack", "bf16": "+ bf16 autocast",
           "baseline-bf16": "baseline under bf16 autocast (control)",
           "pooled-adamw": "pooled, torch's default AdamW, not fused (control)",
-          "pooled-ffn": "pooled, every query of the last block kept (control)"}
+          "pooled-ffn": "pooled, every query of the last block kept (control)",
+          "pooled-compiled": "pooled, blocks compiled (--compile; control)"}
 
 
 # --------------------------------------------------------------------------- plans
@@ -305,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
             rows[name] = autopeft_row(base.model_copy(update=fast), fused_adamw=False)
         elif name == "pooled-ffn":
             rows[name] = autopeft_row(base.model_copy(update=fast), pooled_queries=False)
+        elif name == "pooled-compiled":  # compiled forms carry over from repeat to repeat, as from trial to trial
+            rows[name] = autopeft_row(base.model_copy(update={**fast, "compile": True}))
         elif name == "pack":
             row = pack_row(base.model_copy(update={**fast, "autocast": "bf16"}), args.pack)
             if isinstance(row, str):

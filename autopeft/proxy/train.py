@@ -76,6 +76,13 @@ BUCKET_CHUNK = 50
 EVAL_TOKENS = 16384
 EVAL_TOKENS_CPU = 1024
 EVAL_MAX_BATCH = 512
+#: ``compile``: compiled forms of the blocks' forward a worker keeps. Every block of every plan is a form of one
+#: forward function (per adapter layout, in training and in evaluation, with or without the pooled cut), and torch
+#: keeps 8 forms of a function by default: a worker spent them in its first trial and ran every later new form
+#: uncompiled. Forms carry over from trial to trial (a plan whose blocks were seen compiles nothing); when the
+#: worker nears this many, torch's compile caches are emptied before the next trial (256 is also torch's limit over
+#: all of a function's forms).
+COMPILE_FORMS = 256
 
 
 @dataclass(frozen=True)
@@ -264,6 +271,23 @@ def check_options(fidelity: Fidelity, device: str | torch.device) -> None:
                          "$CC); install one (e.g. apt-get install gcc) or drop --compile")
 
 
+_compiled_at_reset = 0  # torch's count of compiled frames when this process last emptied its compile caches
+
+
+def _room_for_compiled_forms(blocks: int) -> None:
+    """Empty torch's compile caches when the next trial's ``blocks`` blocks might not fit under
+    :data:`COMPILE_FORMS` (a trial compiles at most a few forms per block: training, evaluation, the lowest block's
+    input without gradient). Counted from torch's frame counter, which also counts other compiled code: the caches
+    are then emptied early, never late."""
+    global _compiled_at_reset
+    from torch._dynamo.utils import counters
+
+    compiled = counters["frames"]["ok"]
+    if compiled - _compiled_at_reset + 4 * blocks > COMPILE_FORMS:
+        torch.compiler.reset()
+        _compiled_at_reset = compiled
+
+
 def _cache_mb_from_env() -> float:
     raw = os.environ.get("AUTOPEFT_FROZEN_CACHE_MB", str(fc.DEFAULT_CACHE_MB))
     try:
@@ -367,9 +391,10 @@ class ProxyTrainer:
         if f.compile:
             # Block by block (as large-model trainers do): the blocks are where the time goes, and the model's own
             # Python around them (masks, pooling, the feeder) stays eager.
-            for block in get_arch(model).layers(model):
-                if not isinstance(block, (fc.Passthrough, fc.Feeder)):
-                    block.compile(dynamic=True)
+            blocks = [b for b in get_arch(model).layers(model) if not isinstance(b, (fc.Passthrough, fc.Feeder))]
+            _room_for_compiled_forms(len(blocks))
+            for block in blocks:
+                block.compile(dynamic=True, recompile_limit=COMPILE_FORMS)
         return model
 
     def train_mode(self, model: torch.nn.Module) -> torch.nn.Module:

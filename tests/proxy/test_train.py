@@ -206,6 +206,50 @@ def test_compiled_blocks_give_the_same_losses(tmp_path, toy_task, pooled):
     assert _losses(compiled, plan) == pytest.approx(_losses(eager, plan), rel=1e-5)
 
 
+def _eager_backend(monkeypatch) -> None:
+    """torch.compile with dynamo's ``eager`` backend: the same tracing, guards and compile caches as inductor,
+    without inductor's code generation (seconds per form on this machine)."""
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_module(self, **kw, backend="eager"))
+
+
+@pytest.mark.parametrize("forms", [proxy_train.COMPILE_FORMS, 24], ids=["default", "small-cache"])
+def test_compiled_blocks_stay_compiled_from_trial_to_trial(tmp_path, toy_task, monkeypatch, caplog, forms):
+    """Every block of every plan is a form of one forward function. A worker keeps compiling new forms across
+    trials (torch's default keeps 8, then runs every new one uncompiled), and empties torch's caches when it
+    would run out."""
+    from torch._dynamo.utils import counters
+
+    _eager_backend(monkeypatch)
+    torch.compiler.reset()  # a fresh worker: nothing compiled yet
+    monkeypatch.setattr(proxy_train, "_compiled_at_reset", counters["frames"]["ok"])
+    monkeypatch.setattr(proxy_train, "COMPILE_FORMS", forms)
+    resets = []
+    reset = torch.compiler.reset
+    monkeypatch.setattr(torch.compiler, "reset", lambda: (resets.append(1), reset()))
+    model = save_tiny("bert", tmp_path / "bert", dropout=0.0, layers=2)
+    trainer = ProxyTrainer(Fidelity(model=model, task=toy_task, steps=2, batch_size=8, train_examples=32,
+                                    eval_examples=8, max_length=24, compile=True))
+    plans = [PeftPlan.from_modules(2, {0: [ModuleSpec("lora", "q", 4)]}),
+             PeftPlan.from_modules(2, {1: [ModuleSpec("lora", "v", 4)]}),
+             PeftPlan.from_modules(2, {0: [ModuleSpec("ia3", "k", 0)], 1: [ModuleSpec("lora", "q", 2)]}),
+             PeftPlan.from_modules(2, {1: [ModuleSpec("ia3", "down", 0)]})]
+    compiled = []
+    with caplog.at_level("WARNING", logger="torch._dynamo"):
+        for plan in plans:
+            before = counters["frames"]["ok"]
+            trainer.run(plan)
+            compiled.append(counters["frames"]["ok"] - before)
+        again = counters["frames"]["ok"]
+        trainer.run(plans[0])
+    assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]
+    assert sum(compiled) > 8 and all(n > 0 for n in compiled)  # more forms than torch keeps by default, all compiled
+    if forms == proxy_train.COMPILE_FORMS:
+        assert not resets and counters["frames"]["ok"] == again  # a plan seen before compiles nothing
+    else:
+        assert resets  # the small cache was emptied between trials, never overrun
+
+
 def test_adamw_is_torchs_fused_kernel_unless_turned_off(tmp_path):
     """One fused AdamW per trial on CPU (a handful of operations a step, not one to ten per parameter tensor)."""
     from autopeft.plan import PeftPlan
