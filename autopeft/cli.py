@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from autopeft.errors import AutopeftError
@@ -27,7 +28,9 @@ def _console(stderr: bool = False) -> Console:
 
     stream = sys.stderr if stderr else sys.stdout
     piped = not (hasattr(stream, "isatty") and stream.isatty()) and not os.environ.get("COLUMNS")
-    return Console(stderr=stderr, width=PIPE_WIDTH if piped else None)
+    # No console markup: what the CLI prints holds user text (study names, paths, error messages) in which rich would
+    # read "[...]" as a style tag, drop it, or fail on it. Styled lines pass markup=True and escape what they hold.
+    return Console(stderr=stderr, width=PIPE_WIDTH if piped else None, markup=False)
 
 
 console = _console()
@@ -56,7 +59,7 @@ PooledOnlyOpt = typer.Option(None, "--pooled-only/--no-pooled-only", help="The l
 
 
 def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -165,7 +168,8 @@ def run(
     except AutopeftError as exc:
         _fail(exc)
     verb = "created" if created else "resuming"
-    console.print(f"study [bold]{st.name}[/] ({verb}) in {redact(st.storage.url)}", highlight=False)
+    console.print(f"study [bold]{escape(st.name)}[/] ({verb}) in {escape(redact(st.storage.url))}", highlight=False,
+                  markup=True)
     if seed_sensitivity:
         from autopeft.sensitivity import seed_study
 
@@ -440,7 +444,8 @@ def study_status_cmd(
     s = study_status(st)
     now = time.time()
     c = s.counts
-    console.print(f"study [bold]{s.name}[/] in {redact(st.storage.url)} · fidelity: {st.fidelity.describe()}", highlight=False)
+    console.print(f"study [bold]{escape(s.name)}[/] in {escape(redact(st.storage.url))} · fidelity: "
+                  f"{escape(st.fidelity.describe())}", highlight=False, markup=True)
     console.print(f"trials: {c['COMPLETE']} complete, {c['RUNNING']} running, {c['WAITING']} waiting, {c['FAIL']} failed",
                   highlight=False)
     rate = f"{s.trials_per_hour:.1f} trials/h over the run" if s.trials_per_hour else "no completed trials yet"
@@ -546,7 +551,7 @@ def space_validate(
         dims = model_dims(load_config(model))
         space = SearchSpace(spec, dims, source=path)
     except SpaceError as exc:
-        err_console.print(f"[bold red]invalid:[/] {exc.source}", highlight=False)
+        err_console.print(f"[bold red]invalid:[/] {escape(str(exc.source))}", highlight=False, markup=True)
         for where, msg in exc.errors:
             err_console.print(f"  {where}: {msg}", highlight=False, markup=False)
         raise typer.Exit(2)

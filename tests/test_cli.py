@@ -136,3 +136,16 @@ def test_piped_output_keeps_each_front_row_on_one_line(tmp_path):
     rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
     assert rows and max(len(r) for r in rows) > 80  # the plans are long: at 80 columns they would fold
     assert not [r for r in rows if r.split("│")[1].strip() == ""]  # no continuation line (empty trial cell)
+
+
+def test_brackets_in_names_paths_and_errors_print_as_given(tmp_path):
+    """A study name, a path or an error message holding "[...]" is printed as it is (rich would read it as a style
+    tag: drop it, or fail on a closing tag with a traceback)."""
+    store = ["--storage", f"sqlite:///{tmp_path / 's.db'}"]
+    r = cli("run", "--task", str(tmp_path / "data[/x].csv"), *store, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "data[/x].csv" in r.stderr and "does not exist" in r.stderr
+    r = cli("run", "--space", str(tmp_path / "[bold]" / "s.yaml"), *store, check=False)
+    assert r.returncode == 2 and "[bold]/s.yaml" in r.stderr
+    r = cli("run", "--study", "exp[a]", "--objective", "synthetic", "--trials", "1", "--workers", "0", *store)
+    assert "study exp[a] (created)" in r.stdout and "autopeft worker --study exp[a]" in r.stdout
+    assert "Pareto front of exp[a]" in cli("study", "show", "exp[a]", *store).stdout
