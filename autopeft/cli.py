@@ -119,7 +119,7 @@ def run(
     workers: int = typer.Option(2, "--workers", min=0, help="Worker processes on this machine; 0 creates (or checks) the study for `autopeft propose` and remote workers, and exits."),
     sampler: str = SamplerOpt,
     storage: Optional[str] = StorageOpt,
-    study: Optional[str] = typer.Option(None, "--study", help="Study name [default: <space>-<task>-<model>]."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name \\[default: <space>-<task>-<model>]."),
     steps: Optional[int] = StepsOpt,
     batch_size: Optional[int] = BatchSizeOpt,
     train_examples: Optional[int] = TrainExamplesOpt,
@@ -136,7 +136,7 @@ def run(
     pooled_only: Optional[bool] = PooledOnlyOpt,
     objective: Optional[str] = typer.Option(None, "--objective", help="proxy (train each plan, default), synthetic (closed-form score, no training: tests the set-up) or replay (scores from --table)."),
     table: Optional[str] = typer.Option(None, "--table", help="Replay objective: table of trained plans (benchmarks/build_table.py)."),
-    trial_seconds: Optional[float] = typer.Option(None, "--trial-seconds", help="Synthetic objective: seconds each trial takes [0]."),
+    trial_seconds: Optional[float] = typer.Option(None, "--trial-seconds", help="Synthetic objective: seconds each trial takes \\[0]."),
     startup_trials: int = typer.Option(8, "--startup-trials", min=1, help="Quasi-random trials before the GP proposes."),
     device: str = typer.Option("cpu", "--device", help="Torch device for training, e.g. cpu or cuda:0."),
     pack: int = PackOpt,
@@ -279,7 +279,7 @@ def propose(
     storage: Optional[str] = StorageOpt,
     n: Optional[int] = typer.Option(None, "--n", min=1, help="Queue exactly N proposals and exit (instead of serving)."),
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Exit when the study holds N COMPLETE trials; never queue past N."),
-    queue_depth: Optional[int] = typer.Option(None, "--queue-depth", min=1, help="WAITING trials to keep queued [one per live worker plus one]."),
+    queue_depth: Optional[int] = typer.Option(None, "--queue-depth", min=1, help="WAITING trials to keep queued \\[one per live worker plus one]."),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Most proposals sampled as one pending-aware batch."),
     poll: float = typer.Option(1.0, "--poll", min=0.05, help="Seconds between queue checks."),
     sampler: str = SamplerOpt,
@@ -379,7 +379,7 @@ def study_compare(
     a: str = typer.Argument(..., help="First study."),
     b: str = typer.Argument(..., help="Second study."),
     storage: Optional[str] = StorageOpt,
-    reference: Optional[str] = typer.Option(None, "--reference", help="Hypervolume reference point, one value per objective (e.g. 0,100) [default: score 0, 100 % trainable]."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Hypervolume reference point, one value per objective (e.g. 0,100) \\[default: score 0, 100 % trainable]."),
 ) -> None:
     """Hypervolume, trial counts and both Pareto fronts of two studies, side by side."""
     from autopeft.compare import compare_studies, parse_reference
@@ -477,7 +477,7 @@ def export(
     max_params: Optional[str] = typer.Option(None, "--max-params", help="Best score within this trainable budget, e.g. 1%."),
     storage: Optional[str] = StorageOpt,
     fmt: str = typer.Option("yaml", "--format", help="yaml (plan + weights beside it) or peft (adapter_config.json + adapter_model.safetensors)."),
-    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Folder of stored trial weights [env AUTOPEFT_ARTIFACTS; default beside a SQLite file]."),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Folder of stored trial weights \\[env AUTOPEFT_ARTIFACTS; default beside a SQLite file]."),
 ) -> None:
     """Write a trial's plan (with its study, fidelity and metrics) as YAML, or in Hugging Face peft's format."""
     from autopeft.analysis import parse_budget, select_trial
@@ -506,7 +506,7 @@ def export(
 @app.command()
 def apply(
     plan_file: Path = typer.Argument(..., help="Plan YAML written by `autopeft export`."),
-    model: Optional[str] = typer.Option(None, "--model", help="Base model [the plan's fidelity model]."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model \\[the plan's fidelity model]."),
     train: bool = typer.Option(False, "--train", help="Retrain the plan at its recorded fidelity and print the metrics."),
 ) -> None:
     """Load an exported plan onto its base model (and optionally retrain it)."""
@@ -573,7 +573,7 @@ def space_list() -> None:
 
 artifacts_app = typer.Typer(help="Stored trial weights: disk use and pruning.", no_args_is_help=True)
 app.add_typer(artifacts_app, name="artifacts")
-ArtifactsOpt = typer.Option(None, "--artifacts", help="Folder of stored trial weights [env AUTOPEFT_ARTIFACTS; default beside a SQLite file].")
+ArtifactsOpt = typer.Option(None, "--artifacts", help="Folder of stored trial weights \\[env AUTOPEFT_ARTIFACTS; default beside a SQLite file].")
 
 
 @artifacts_app.command("du")

@@ -149,3 +149,25 @@ def test_brackets_in_names_paths_and_errors_print_as_given(tmp_path):
     r = cli("run", "--study", "exp[a]", "--objective", "synthetic", "--trials", "1", "--workers", "0", *store)
     assert "study exp[a] (created)" in r.stdout and "autopeft worker --study exp[a]" in r.stdout
     assert "Pareto front of exp[a]" in cli("study", "show", "exp[a]", *store).stdout
+
+
+def test_every_help_text_shows_in_full():
+    """--help renders option and command texts as rich markup: an unescaped "[default: ...]" vanished from them."""
+    import typer
+    from rich.text import Text
+
+    from autopeft.cli import app
+
+    def texts(cmd, path):
+        yield path, cmd.help or ""
+        for p in cmd.params:
+            yield f"{path} {p.name}", getattr(p, "help", None) or ""
+        for name, sub in getattr(cmd, "commands", {}).items():  # a group's commands
+            yield from texts(sub, f"{path} {name}")
+
+    checked = 0
+    for where, text in texts(typer.main.get_command(app), "autopeft"):
+        shown = Text.from_markup(text).plain
+        assert shown == text.replace("\\[", "["), f"{where}: help text loses {text!r} -> {shown!r}"
+        checked += bool(text)
+    assert checked > 50
