@@ -252,12 +252,9 @@ def worker(
     from autopeft.study.storage import storage_url
 
     try:
-        if device.startswith("cuda"):
-            import torch
+        from autopeft.proxy.train import check_device
 
-            if not torch.cuda.is_available():
-                raise AutopeftError(f"--device: {device!r} asked, but torch sees no CUDA device; use --device cpu "
-                                    "or install a CUDA build of torch")
+        check_device(device)
         from autopeft.proxy.pack import pack_note
 
         _note(pack_note(pack, device))
@@ -672,6 +669,10 @@ def promote(
     from autopeft.study.study import load
 
     try:
+        if train:
+            from autopeft.proxy.train import check_device
+
+            check_device(device)  # before anything is queued
         st = open_storage(storage)
         result = do_promote(st, name, to, top=top, fraction=fraction)
     except AutopeftError as exc:
@@ -739,11 +740,6 @@ def retrain(
                      frozen_cache=frozen_cache, frozen_cache_dtype=frozen_cache_dtype, compile=compile,
                      autocast=autocast, gradient_checkpointing=gradient_checkpointing, pooled_only=pooled_only)
     try:
-        if device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise AutopeftError(f"--device: {device!r} asked, but torch sees no CUDA device; use --device cpu")
         request = prepare_retrain(open_storage(storage), name, trial, fidelity, overrides, again=again)
         from autopeft.proxy.train import check_options
 

@@ -86,6 +86,8 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path):
     assert r.returncode == 2 and "modules.lora.sites" in r.stderr and "modules.lora.rank" in r.stderr
     r = cli("run", "--autocast", "fp16", *store, check=False)  # fp16 needs a GPU
     assert r.returncode == 2 and "--autocast" in r.stderr and "bf16" in r.stderr
+    r = cli("run", "--device", "gpu", *store, check=False)
+    assert r.returncode == 2 and "--device: 'gpu'" in r.stderr and "cuda:N" in r.stderr and "Traceback" not in r.stderr
     r = cli("run", "--frozen-cache-dtype", "bfloat16", *store, check=False)
     assert r.returncode == 2 and "--frozen-cache-dtype" in r.stderr and "--frozen-cache too" in r.stderr
     llama = save_tiny("llama", tmp_path / "llama")

@@ -248,10 +248,30 @@ def cpu_bf16_native() -> bool | None:
         return None
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``--device`` as a torch device this machine has, or an error naming the flag, the value and the fix (before
+    any worker starts: a device torch cannot open fails every trial)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise StudyError(f"--device: {str(device)!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StudyError(f"--device: {str(device)!r} asked, but torch {torch.__version__} sees no CUDA device; use "
+                             "--device cpu, or install a CUDA build of torch on a machine with an NVIDIA GPU")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise StudyError(f"--device: {str(device)!r} asked, but torch sees {count} CUDA device(s); use one of "
+                             + ", ".join(f"cuda:{i}" for i in range(count)))
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise StudyError(f"--device: {str(device)!r} asked, but torch sees no MPS device; use --device cpu")
+    return dev
+
+
 def check_options(fidelity: Fidelity, device: str | torch.device) -> None:
-    """Refuse throughput options the device cannot run, naming the flag and the fix (before any worker starts);
-    warn about one it runs slowly."""
-    dev = torch.device(device)
+    """Refuse a device this machine lacks and throughput options the device cannot run, naming the flag and the
+    fix (before any worker starts); warn about one it runs slowly."""
+    dev = check_device(device)
     if fidelity.autocast == "fp16" and dev.type != "cuda":
         raise StudyError(f"--autocast: fp16 needs a CUDA device, and trials run on {str(dev)!r}; use --autocast bf16 "
                          "(supported on CPU) or --autocast off, or train on a GPU (--device cuda)")

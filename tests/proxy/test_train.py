@@ -171,6 +171,21 @@ def test_options_the_device_cannot_run_are_refused(monkeypatch):
         check_options(Fidelity(compile=True), "cpu")
 
 
+def test_a_device_this_machine_lacks_is_refused(monkeypatch):
+    with pytest.raises(StudyError, match=r"--device: 'gpu' is not a torch device; use cpu, cuda"):
+        check_options(Fidelity(), "gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(StudyError, match=r"--device: 'cuda' asked, but torch .* sees no CUDA device; use --device cpu"):
+        check_options(Fidelity(), "cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(StudyError, match=r"--device: 'cuda:2' asked, but torch sees 2 CUDA device\(s\); use one of "
+                                         r"cuda:0, cuda:1"):
+        proxy_train.check_device("cuda:2")
+    assert proxy_train.check_device("cuda:1") == torch.device("cuda:1")
+    assert proxy_train.check_device("cpu") == torch.device("cpu")
+
+
 @pytest.mark.parametrize("native", [True, False, None])
 def test_bf16_on_a_cpu_without_bf16_instructions_is_run_with_a_warning(monkeypatch, native):
     monkeypatch.setattr(proxy_train, "cpu_bf16_native", lambda: native)
