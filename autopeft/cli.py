@@ -332,7 +332,10 @@ def study_list(storage: Optional[str] = StorageOpt) -> None:
 
     from autopeft.study.storage import open_storage
 
-    store = open_storage(storage)
+    try:
+        store = open_storage(storage)
+    except AutopeftError as exc:
+        _fail(exc)
     table = Table(title="studies", title_justify="left")
     for col in ("study", "complete", "failed", "running", "waiting", "created"):
         table.add_column(col)

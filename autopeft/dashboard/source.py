@@ -27,7 +27,7 @@ from optuna.storages._rdb import models  # Optuna's table definitions (one class
 from optuna.trial import TrialState
 
 from autopeft.errors import StudyError
-from autopeft.study.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, redact, storage_url
+from autopeft.study.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, cannot_open, redact, storage_url
 from autopeft.study.study import CONFIG_ATTR, AutopeftStudy, load
 
 STATES: tuple[str, ...] = ("COMPLETE", "RUNNING", "WAITING", "FAIL", "PRUNED")
@@ -84,6 +84,8 @@ def open_readonly(storage: str | None) -> RDBStorage:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(ro_url, engine_kwargs=engine_kwargs, skip_table_creation=True,
                               heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD)
+    except (ImportError, sa.exc.NoSuchModuleError, sa.exc.ArgumentError) as exc:  # no such driver or dialect
+        raise cannot_open(url, exc) from None
     except (sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, RuntimeError) as exc:
         cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
         detail = getattr(cause, "orig", None) or cause

@@ -12,6 +12,8 @@ import sqlalchemy.event
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from autopeft.errors import StudyError
+
 #: Default storage: a SQLite file in the working directory.
 DEFAULT_STORAGE = "sqlite:///autopeft.db"
 STORAGE_ENV = "AUTOPEFT_STORAGE"
@@ -64,11 +66,41 @@ class RetryCallback(RetryHeartbeatStaleTrialCallback):
 
 
 def storage_url(storage: str | None) -> str:
-    """``--storage`` value, else ``$AUTOPEFT_STORAGE``, else the default; a bare file path means SQLite."""
+    """``--storage`` value, else ``$AUTOPEFT_STORAGE``, else the default; a bare file path means SQLite.
+
+    A PostgreSQL URL without a driver (``postgresql://`` or ``postgres://``) gets the installed one: SQLAlchemy
+    would take psycopg 3 for it, and autopeft installs psycopg2.
+    """
     url = storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
     if "://" not in url:
         url = f"sqlite:///{url}"
+    scheme, rest = url.split("://", 1)
+    if scheme in ("postgresql", "postgres"):
+        from importlib.util import find_spec
+
+        driver = "psycopg" if find_spec("psycopg") else "psycopg2" if find_spec("psycopg2") else None
+        url = f"postgresql+{driver}://{rest}" if driver else f"postgresql://{rest}"
     return url
+
+
+def cannot_open(url: str, exc: BaseException) -> StudyError:
+    """Why ``url`` could not be opened, as an error naming ``--storage``, the URL (password hidden) and the fix."""
+    where = f"--storage (or ${STORAGE_ENV}): {redact(url)}"
+    scheme = url.split("://", 1)[0]
+    if isinstance(exc, (sqlalchemy.exc.NoSuchModuleError, sqlalchemy.exc.ArgumentError)):
+        return StudyError(f"{where}: SQLAlchemy knows no database {scheme!r}; use a URL such as sqlite:///autopeft.db "
+                          "or postgresql+psycopg2://user:password@host:5432/database")
+    if isinstance(exc, ImportError):
+        missing = exc.__cause__ or exc
+        return StudyError(f"{where}: the database driver for {scheme!r} is not installed ({missing}); install it "
+                          "(e.g. psycopg2-binary for postgresql+psycopg2://, pymysql for mysql+pymysql://) or name an "
+                          "installed driver in the URL")
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    fix = ("check that the file's folder exists and can be written" if url.startswith("sqlite") else
+           "check that the server is running and the URL's host, port, user, password and database name")
+    return StudyError(f"{where}: cannot open the database ({detail}); {fix}")
 
 
 def redact(url: str) -> str:
@@ -92,13 +124,16 @@ def open_storage(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats and the retry callback are marked experimental in Optuna; they are what the queue is built on.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    storage = RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        heartbeat_stale_trial_callback=RetryCallback(max_retry=max_retry),
-    )
+    try:
+        storage = RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryCallback(max_retry=max_retry),
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError) as exc:
+        raise cannot_open(url, exc) from None
     if url.startswith("sqlite"):
         _serialise_sqlite(storage.engine)
     return storage

@@ -96,6 +96,8 @@ def test_bad_storage_and_study_names_say_what_to_do(tmp_path, study_name, make_s
     sqlite3.connect(tmp_path / "plain.db").execute("create table notes (x int)").connection.close()
     with pytest.raises(StudyError, match="--storage: cannot read study tables from sqlite:///.*plain.db"):
         open_readonly(f"sqlite:///{tmp_path / 'plain.db'}")
+    with pytest.raises(StudyError, match=r"--storage .*notadb://x: SQLAlchemy knows no database 'notadb'"):
+        open_readonly("notadb://x")  # named as a database SQLAlchemy lacks, not as missing study tables
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     make_study(url, study_name)
