@@ -130,8 +130,8 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> 
 
 
 # --------------------------------------------------------------------------- one search
-def run_search(job: tuple[str, int, str, int, int, bool]) -> dict[str, Any]:
-    """One search, ``job`` = (sampler name, seed, table, trials, torch threads, distinct replay); returns
+def run_search(job: tuple[str, int, str, int, int, bool, int]) -> dict[str, Any]:
+    """One search, ``job`` = (sampler name, seed, table, trials, torch threads, distinct replay, batch); returns
     :func:`drive`'s record of it with the sampler name and seed."""
     import optuna
     import torch
@@ -140,7 +140,7 @@ def run_search(job: tuple[str, int, str, int, int, bool]) -> dict[str, Any]:
     from autopeft.study.runner import quiet_libraries
     from autopeft.study.study import enqueue_anchors
 
-    name, seed, table_path, n_trials, threads, distinct = job
+    name, seed, table_path, n_trials, threads, distinct, batch = job
     torch.set_num_threads(threads)
     quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -153,23 +153,30 @@ def run_search(job: tuple[str, int, str, int, int, bool]) -> dict[str, Any]:
     enqueue_anchors(study, space)
     if start:
         enqueue_sensitivity_seeds(study, space, fidelity, start)
-    return {"sampler": name, "seed": seed, **drive(study, space, evaluator, n_trials)}
+    return {"sampler": name, "seed": seed, **drive(study, space, evaluator, n_trials, batch)}
 
 
-def drive(study, space, evaluator, n_trials: int) -> dict[str, list]:
+def drive(study, space, evaluator, n_trials: int, batch: int = 1) -> dict[str, list]:
     """Ask, replay and tell ``n_trials`` trials of ``study`` (queued ones first, as workers take them): per-trial
     (score, trainable %) (None for failed trials), proposal and replay seconds, replay distances and the ids of
-    the rows that answered."""
+    the rows that answered.
+
+    ``batch`` > 1 keeps that many trials asked and not yet told, as that many workers would (each trial is told in
+    the order it was asked, then the next is asked): every proposal after the first ones is made with ``batch`` - 1
+    others pending."""
     import optuna
 
     from autopeft.proxy.train import TrialFailed
 
     dists = space.distributions()
     values, propose_s, replay_s, distance, rows = [], [], [], [], []
+    running: list = []  # asked, not told yet: the trials ``batch`` workers hold
     for _ in range(n_trials):
-        t0 = time.perf_counter()
-        trial = study.ask(fixed_distributions=dists)
-        propose_s.append(time.perf_counter() - t0)
+        while len(running) < batch and len(propose_s) < n_trials:
+            t0 = time.perf_counter()
+            running.append(study.ask(fixed_distributions=dists))
+            propose_s.append(time.perf_counter() - t0)
+        trial = running.pop(0)  # the oldest finishes first
         plan = space.decode({k: int(v) for k, v in trial.params.items()})
         t1 = time.perf_counter()
         try:
@@ -290,7 +297,10 @@ def markdown(summary: dict, results: list[dict], meta: dict[str, Any], checkpoin
              "(score up, trainable % down) in % of the table's true front (all its plans); mean ± standard deviation "
              "over seeds, [min-max]. `project`: reference point of `autopeft.optimize.pareto.default_reference_point` "
              "(score 0, 100 % trainable), which the CLI and dashboard report; `log-nadir`: trainable % on a log10 axis, "
-             f"reference at the table's worst score and largest trainable %. The default sampler is `{default}`.",
+             f"reference at the table's worst score and largest trainable %. The default sampler is `{default}`."
+             + (f" {meta['batch']} trials are kept running, as {meta['batch']} workers would: each trial is told in "
+                f"the order it was asked, then the next is asked, so every proposal is made with {meta['batch'] - 1} "
+                "others pending." if meta.get("batch", 1) > 1 else ""),
              ""]
     for measure in MEASURES:
         m = summary["measures"][measure]
@@ -416,6 +426,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--slow-seeds", type=int, default=None,
                     help="seeds for Optuna's GP samplers (optuna-gp, optuna-botorch), if fewer")
     ap.add_argument("--workers", type=int, default=1, help="searches run in parallel processes")
+    ap.add_argument("--batch", type=int, default=1,
+                    help="trials kept asked and not yet told, as that many workers would run them (default 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--rows", type=int, default=None,
                     help="use the table's first N plans only (a table being built grows at its end: a fixed N "
@@ -459,12 +471,13 @@ def main(argv: list[str] | None = None) -> None:
             "table_fidelity": table.fidelity.describe(), "table_code": table.header.get("code_version", "?"),
             "seeds": f"0-{args.seeds - 1}"
             + (f" (optuna-gp, optuna-botorch: 0-{args.slow_seeds - 1})" if args.slow_seeds else ""),
-            "space": space.spec.name, "n_params": len(space.choices), "code": code_version(), "replay": args.replay}
+            "space": space.spec.name, "n_params": len(space.choices), "code": code_version(), "replay": args.replay,
+            "batch": args.batch}
     suffix = "" if args.replay == "nearest" else f"_{args.replay}"
     plot_path = str(DEFAULT_PLOT.with_name(f"search_quality{suffix}.png")) if args.plot is None else args.plot
     json_path = str(DEFAULT_JSON.with_name(f"search_quality{suffix}.json")) if args.json is None else args.json
     jobs = [(name, seed, args.table, args.slow_trials if (name in SLOW and args.slow_trials) else args.trials,
-             args.threads, args.replay == "distinct") for seed in range(args.seeds) for name in names
+             args.threads, args.replay == "distinct", args.batch) for seed in range(args.seeds) for name in names
             if not (name in SLOW and args.slow_seeds is not None and seed >= args.slow_seeds)]
     results = []
     t0 = time.monotonic()

@@ -13,11 +13,29 @@ import search_quality  # noqa: E402
 
 def test_distinct_replay_answers_every_trial_with_another_recorded_plan(tables):
     _, target = tables
-    job = ("random", 0, str(target), 12, 1, True)
+    job = ("random", 0, str(target), 12, 1, True, 1)
     distinct = search_quality.run_search(job)
     assert len(set(distinct["rows"])) >= 11  # only an exact repeat of a recorded plan may come back
-    nearest = search_quality.run_search(job[:-1] + (False,))
+    nearest = search_quality.run_search(job[:5] + (False, 1))
     assert len(nearest["rows"]) == 12 and len(set(nearest["rows"])) < len(set(distinct["rows"]))
+
+
+def test_a_batch_keeps_that_many_trials_running_as_workers_would(tables, monkeypatch):
+    _, target = tables
+    running = []
+    ask = optuna.Study.ask
+
+    def counting(self, *args, **kwargs):
+        running.append(len(self.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))))
+        return ask(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "ask", counting)
+    res = search_quality.run_search(("botorch", 0, str(target), 12, 1, False, 3))
+    assert len(res["values"]) == len(res["propose_s"]) == 12 and None not in res["values"]
+    assert running == [0, 1] + [2] * 10  # every later proposal is made with 2 others pending
+    running.clear()
+    search_quality.run_search(("botorch", 0, str(target), 5, 1, False, 1))
+    assert running == [0] * 5
 
 
 def test_the_command_writes_the_section_of_its_replay_mode(tables, tmp_path):
@@ -26,11 +44,11 @@ def test_the_command_writes_the_section_of_its_replay_mode(tables, tmp_path):
     doc.write_text("# Benchmarks\n\n## Search quality (issue 6)\n\nthe nearest-replay section\n")
     out = tmp_path / "sq.json"
     search_quality.main(["--table", str(target), "--samplers", "random,botorch", "--seeds", "1", "--trials", "12",
-                         "--replay", "distinct", "--doc", str(doc), "--plot", "", "--json", str(out)])
+                         "--replay", "distinct", "--doc", str(doc), "--plot", "", "--json", str(out), "--batch", "2"])
     text = doc.read_text()
     assert "the nearest-replay section" in text  # the other mode's section is kept
     assert "## Search quality, distinct replay (issue 6)" in text and "not answered this search yet" in text
-    assert "| botorch (default) | 1 |" in text
+    assert "| botorch (default) | 1 |" in text and "2 trials are kept running, as 2 workers would" in text
     saved = json.loads(out.read_text())
     assert saved["meta"]["replay"] == "distinct" and {r["sampler"] for r in saved["results"]} == {"random", "botorch"}
 
