@@ -308,6 +308,20 @@ def _room_for_compiled_forms(blocks: int) -> None:
         _compiled_at_reset = compiled
 
 
+def _form_limit() -> dict:
+    """``torch.compile``'s argument that lets a block keep :data:`COMPILE_FORMS` forms; torch builds without it (before
+    the argument existed) get the same limit through dynamo's global setting."""
+    import inspect
+
+    if "recompile_limit" in inspect.signature(torch.compile).parameters:
+        return {"recompile_limit": COMPILE_FORMS}
+    from torch._dynamo import config as cfg
+
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, name, max(getattr(cfg, name), COMPILE_FORMS))
+    return {}
+
+
 def _cache_mb_from_env() -> float:
     raw = os.environ.get("AUTOPEFT_FROZEN_CACHE_MB", str(fc.DEFAULT_CACHE_MB))
     try:
@@ -414,7 +428,7 @@ class ProxyTrainer:
             blocks = [b for b in get_arch(model).layers(model) if not isinstance(b, (fc.Passthrough, fc.Feeder))]
             _room_for_compiled_forms(len(blocks))
             for block in blocks:
-                block.compile(dynamic=True, recompile_limit=COMPILE_FORMS)
+                block.compile(dynamic=True, **_form_limit())
         return model
 
     def train_mode(self, model: torch.nn.Module) -> torch.nn.Module:

@@ -277,3 +277,20 @@ def test_adamw_is_torchs_fused_kernel_unless_turned_off(tmp_path):
     assert trainer.make_optimizer(model)[0].defaults["fused"] is True
     trainer.fused_adamw = False
     assert not trainer.make_optimizer(model)[0].defaults["fused"]
+
+
+def test_the_compiled_form_limit_reaches_torch_with_or_without_its_argument(monkeypatch):
+    """torch.compile takes ``recompile_limit`` in recent builds; pyproject allows torch >= 2.4, whose compile has no
+    such argument (passing it would fail every compiled trial): there dynamo's global setting carries the limit."""
+    from torch._dynamo import config
+
+    assert proxy_train._form_limit() == {"recompile_limit": proxy_train.COMPILE_FORMS}
+
+    def old_compile(model=None, *, fullgraph=False, dynamic=None, backend="inductor", mode=None, options=None,
+                    disable=False):
+        return model
+
+    monkeypatch.setattr(torch, "compile", old_compile)
+    monkeypatch.setattr(config, "recompile_limit", 8)
+    assert proxy_train._form_limit() == {}
+    assert config.recompile_limit == proxy_train.COMPILE_FORMS
