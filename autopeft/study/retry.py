@@ -15,6 +15,8 @@ from typing import Callable, TypeVar
 
 import sqlalchemy.exc
 
+from autopeft.study.signals import stop_held
+
 T = TypeVar("T")
 log = logging.getLogger("autopeft.study")
 
@@ -47,7 +49,7 @@ def with_retries(fn: Callable[[], T], what: str, *, deadline: float = DEFAULT_OU
         except Exception as exc:
             attempt += 1
             elapsed = time.monotonic() - start
-            if not is_transient(exc) or elapsed + wait > deadline:
+            if not is_transient(exc) or elapsed + wait > deadline or stop_held():  # stopping: no more waiting
                 raise
             log.warning("database unreachable during %s (attempt %d, %.0f s so far): %s; retrying in %.1f s",
                         what, attempt, elapsed, type(exc).__name__, wait)

@@ -38,6 +38,7 @@ from autopeft.plan import PeftPlan
 from autopeft.proxy.train import TrialMetrics
 from autopeft.study.presence import Presence, live
 from autopeft.study.retry import DEFAULT_OUTAGE_DEADLINE, with_retries
+from autopeft.study.signals import signals_deferred
 from autopeft.study.storage import grace_seconds
 from autopeft.study.study import AutopeftStudy
 
@@ -281,13 +282,19 @@ def claim(study: AutopeftStudy, *, sample_if_empty: bool = True,
     """Claim the oldest WAITING trial (one proposed by ``autopeft propose``, or a retry), or, when none
     waits and ``sample_if_empty``, a fresh proposal of the study's sampler. None when nothing was claimed.
     A heartbeat is recorded at once, so a worker that dies right after claiming still has its trial
-    failed and re-queued."""
-    trial_id = with_retries(lambda: _pop_waiting(study), "claiming a trial", deadline=deadline)
-    if trial_id is None:
-        if not sample_if_empty:
+    failed and re-queued. A stop signal that arrives meanwhile is delivered once the trial is claimed and handed
+    back (:func:`signals_deferred`)."""
+    with signals_deferred() as stop:
+        trial_id = with_retries(lambda: _pop_waiting(study), "claiming a trial", deadline=deadline)
+        if trial_id is None and sample_if_empty and not stop:
+            trial_id = _start_new_trial(study, deadline)
+        if trial_id is None:
             return None
-        trial_id = _start_new_trial(study, deadline)
-    return _with_params(study, trial_id, deadline)
+        trial = _with_params(study, trial_id, deadline)
+        if stop:  # stopping: the trial goes back to the queue; the signal is delivered on leaving the outermost block
+            _hand_back(study, trial, deadline)
+            return None
+    return trial
 
 
 # --------------------------------------------------------------------------- running and reporting
@@ -318,7 +325,8 @@ def _finish(study: AutopeftStudy, what: str, trial: optuna.Trial, write: Callabl
         except UpdateFinishedTrialError:
             pass
 
-    with_retries(attempt, f"the {what} of trial {trial.number}", deadline=deadline)
+    with signals_deferred():  # a stop signal waits until the write is done
+        with_retries(attempt, f"the {what} of trial {trial.number}", deadline=deadline)
 
 
 def _describe(study: AutopeftStudy, trial: optuna.Trial, presence: Presence | None, deadline: float) -> PeftPlan:
@@ -376,9 +384,9 @@ def run_one(study: AutopeftStudy, evaluator: Evaluator, trial: optuna.Trial | No
     if trial is None:
         trial = claim(study, deadline=deadline)
     number = trial.number
-    if presence is not None:  # written when the state changes, else at most once per heartbeat interval
-        with_retries(lambda: presence.report("running", number), "reporting presence", deadline=deadline)
     try:
+        if presence is not None:  # written when the state changes, else at most once per heartbeat interval
+            with_retries(lambda: presence.report("running", number), "reporting presence", deadline=deadline)
         plan = _describe(study, trial, presence, deadline)
         with _Heartbeat(study, [trial._trial_id], presence, number):
             outcome: TrialMetrics | BaseException = evaluator.run(plan)
@@ -395,20 +403,27 @@ def run_pack(study: AutopeftStudy, evaluator: PackEvaluator, trials: Sequence[op
              presence: Presence | None = None, deadline: float = DEFAULT_OUTAGE_DEADLINE) -> list[FrozenTrial]:
     """Train several claimed trials together (``evaluator.run_many``) and report each. A trial whose plan
     cannot be decoded or whose training fails is failed alone; Ctrl-C or SIGTERM hands them all back."""
-    if presence is not None:
-        with_retries(lambda: presence.report("running", trials[0].number), "reporting presence", deadline=deadline)
     finished: dict[int, FrozenTrial] = {}
     plans: dict[int, PeftPlan] = {}
-    for trial in trials:
-        try:
-            plans[trial.number] = _describe(study, trial, presence, deadline)
-        except Exception as exc:
-            finished[trial.number] = _report(study, trial, exc, traceback.format_exc(), deadline)
-    todo = [t for t in trials if t.number in plans]
-    if len(todo) > 1:
-        numbers = [t.number for t in todo]
-        for trial in todo:
-            with_retries(lambda: trial.set_user_attr("packed_with", numbers), "describing a pack", deadline=deadline)
+    try:
+        if presence is not None:
+            with_retries(lambda: presence.report("running", trials[0].number), "reporting presence", deadline=deadline)
+        for trial in trials:
+            try:
+                plans[trial.number] = _describe(study, trial, presence, deadline)
+            except Exception as exc:
+                finished[trial.number] = _report(study, trial, exc, traceback.format_exc(), deadline)
+        todo = [t for t in trials if t.number in plans]
+        if len(todo) > 1:
+            numbers = [t.number for t in todo]
+            for trial in todo:
+                with_retries(lambda: trial.set_user_attr("packed_with", numbers), "describing a pack",
+                             deadline=deadline)
+    except KeyboardInterrupt:
+        for trial in trials:
+            if trial.number not in finished:
+                _hand_back(study, trial, deadline)
+        raise
     tb = ""
     try:
         with _Heartbeat(study, [t._trial_id for t in todo], presence, trials[0].number):
@@ -495,7 +510,23 @@ def run_worker(
         sample = self_propose if self_propose is not None else not with_retries(
             lambda: proposer_is_live(study), "looking for a proposer", deadline=deadline)
         started = time.monotonic()
-        trial = claim(study, sample_if_empty=sample, deadline=deadline)
+        with signals_deferred() as stop:  # a stop signal here hands the claimed trials back, then stops the worker
+            trial = claim(study, sample_if_empty=sample, deadline=deadline)
+            trials = [trial] if trial is not None else []
+            while trials and len(trials) < pack and (max_trials is None
+                                                     or stats.completed + stats.failed + len(trials) < max_trials):
+                more = n_trials is None or with_retries(
+                    lambda: study.count(TrialState.COMPLETE) + study.count(TrialState.RUNNING), "checking the queue",
+                    deadline=deadline) < n_trials  # the trials running (this pack's included) would not finish the study
+                extra = claim(study, sample_if_empty=sample, deadline=deadline) if more else None
+                if extra is None:
+                    break
+                trials.append(extra)
+            if trials and n_trials is not None:
+                trials = _within_target(study, trials, n_trials, deadline)
+            if stop:
+                for held in trials:
+                    _hand_back(study, held, deadline)
         if trial is None:
             if idle("no queued trial"):
                 break
@@ -503,21 +534,10 @@ def run_worker(
         if idle_since is not None:
             stats.idle_seconds += started - idle_since
         idle_since = None
-        trials = [trial]
-        while len(trials) < pack and (max_trials is None or stats.completed + stats.failed + len(trials) < max_trials):
-            more = n_trials is None or with_retries(
-                lambda: study.count(TrialState.COMPLETE) + study.count(TrialState.RUNNING), "checking the queue",
-                deadline=deadline) < n_trials  # the trials running (this pack's included) would not finish the study
-            extra = claim(study, sample_if_empty=sample, deadline=deadline) if more else None
-            if extra is None:
+        if not trials:
+            if idle("the last trials are running elsewhere"):
                 break
-            trials.append(extra)
-        if n_trials is not None:
-            trials = _within_target(study, trials, n_trials, deadline)
-            if not trials:
-                if idle("the last trials are running elsewhere"):
-                    break
-                continue
+            continue
         if len(trials) == 1:
             done = [run_one(study, evaluator, trial, presence=presence, deadline=deadline)]
         else:

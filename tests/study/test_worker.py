@@ -160,3 +160,40 @@ def test_of_two_trials_claimed_for_the_last_place_the_later_one_goes_back_to_the
     assert [t.number for t in _within_target(st, [first], 4, deadline=5.0)] == [first.number]
     assert st.count(TrialState.RUNNING) == 1 and st.count(TrialState.WAITING) == 1
     assert claim(st).number == second.number  # back in the queue, with its parameters, for a later run
+
+
+class _Packing(ArithmeticEvaluator):
+    def run_many(self, plans):
+        return [self.run(p) for p in plans]
+
+
+@pytest.mark.parametrize("pack", [1, 2])
+def test_ctrl_c_while_a_trial_is_being_claimed_hands_it_back(tmp_path, study_name, monkeypatch, pack):
+    """The signal lands after the database made a trial RUNNING and before the worker could hand it back (with
+    --pack 2: while the pack's second trial is claimed). Every claimed trial goes back to the queue at once, instead
+    of waiting RUNNING for its heartbeat to go stale."""
+    import os
+    import signal
+
+    from autopeft.study import worker
+
+    st = make(f"sqlite:///{tmp_path / 's.db'}", study_name, optuna.samplers.RandomSampler(seed=4))
+    run_worker(st, ArithmeticEvaluator(), n_trials=2)
+    with_params, calls = worker._with_params, []
+
+    def interrupted(study, trial_id, deadline):
+        trial = with_params(study, trial_id, deadline)
+        calls.append(trial_id)
+        if len(calls) == pack:  # the pack's last claim
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        return trial
+
+    monkeypatch.setattr(worker, "_with_params", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(st, _Packing(), n_trials=5, pack=pack)
+    assert st.count(TrialState.RUNNING) == 0 and st.count(TrialState.COMPLETE) == 2
+    handed = st.trials((TrialState.FAIL,))
+    assert len(handed) == pack and all(t.user_attrs[FAIL_REASON] == worker.HANDED_BACK for t in handed)
+    assert sorted(map(str, (t.params for t in st.trials((TrialState.WAITING,))))) == sorted(
+        map(str, (t.params for t in handed)))  # queued again
