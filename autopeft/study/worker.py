@@ -360,7 +360,16 @@ def _hand_back(study: AutopeftStudy, trial: optuna.Trial, deadline: float) -> No
 
 def _report(study: AutopeftStudy, trial: optuna.Trial, outcome: TrialMetrics | BaseException, tb: str,
             deadline: float) -> FrozenTrial:
-    """Store the result (metrics, or the error that failed the trial) and return the finished trial."""
+    """Store the result (metrics, or the error that failed the trial) and return the finished trial. A stop signal
+    waits until it is stored (:func:`signals_deferred`)."""
+    with signals_deferred():
+        _store(study, trial, outcome, tb, deadline)
+    return with_retries(lambda: study.storage.get_trial(trial._trial_id), "reading a trial", deadline=deadline)
+
+
+def _store(study: AutopeftStudy, trial: optuna.Trial, outcome: TrialMetrics | BaseException, tb: str,
+           deadline: float) -> None:
+    """Write ``outcome`` onto the trial: its metrics and stored weights, or its failure."""
     if isinstance(outcome, BaseException):
         reason = f"{type(outcome).__name__}: {outcome}"
 
@@ -375,7 +384,6 @@ def _report(study: AutopeftStudy, trial: optuna.Trial, outcome: TrialMetrics | B
 
         save_trial_artifact(study, trial, outcome)
         _finish(study, "result", trial, lambda: record_result(study, trial, outcome), deadline)
-    return with_retries(lambda: study.storage.get_trial(trial._trial_id), "reading a trial", deadline=deadline)
 
 
 def run_one(study: AutopeftStudy, evaluator: Evaluator, trial: optuna.Trial | None = None, *,

@@ -197,3 +197,25 @@ def test_ctrl_c_while_a_trial_is_being_claimed_hands_it_back(tmp_path, study_nam
     assert len(handed) == pack and all(t.user_attrs[FAIL_REASON] == worker.HANDED_BACK for t in handed)
     assert sorted(map(str, (t.params for t in st.trials((TrialState.WAITING,))))) == sorted(
         map(str, (t.params for t in handed)))  # queued again
+
+
+def test_ctrl_c_while_a_result_is_written_keeps_the_result(tmp_path, study_name, monkeypatch):
+    """The trial trained; the signal lands while its weights and metrics are being stored. The result is stored
+    in full, then the worker stops."""
+    import os
+    import signal
+
+    import autopeft.artifacts as artifacts
+
+    st = make(f"sqlite:///{tmp_path / 's.db'}", study_name, optuna.samplers.RandomSampler(seed=5))
+    save = artifacts.save_trial_artifact
+
+    def interrupted(study, trial, metrics):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        return save(study, trial, metrics)
+
+    monkeypatch.setattr(artifacts, "save_trial_artifact", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(st, ArithmeticEvaluator(), n_trials=3)
+    assert st.count(TrialState.COMPLETE) == 1 and st.count(TrialState.RUNNING) == 0
