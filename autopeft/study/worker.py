@@ -285,6 +285,8 @@ def claim(study: AutopeftStudy, *, sample_if_empty: bool = True,
     failed and re-queued. A stop signal that arrives meanwhile is delivered once the trial is claimed and handed
     back (:func:`signals_deferred`)."""
     with signals_deferred() as stop:
+        if stop:  # a stop is already held (by the caller's block): claim nothing
+            return None
         trial_id = with_retries(lambda: _pop_waiting(study), "claiming a trial", deadline=deadline)
         if trial_id is None and sample_if_empty and not stop:
             trial_id = _start_new_trial(study, deadline)
