@@ -55,6 +55,7 @@ FrozenCacheDtypeOpt = typer.Option(None, "--frozen-cache-dtype", help="float32 o
 CompileOpt = typer.Option(None, "--compile/--no-compile", help="torch.compile the transformer blocks; default off.")
 AutocastOpt = typer.Option(None, "--autocast", help="Mixed precision: off, bf16 (GPU or CPU) or fp16 (GPU); default off.")
 CheckpointingOpt = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in the backward pass (less memory); default off.")
+CudaGraphsOpt = typer.Option(None, "--cuda-graphs/--no-cuda-graphs", help="Replay each training step as CUDA graphs (batches padded to a multiple of 16 tokens; CUDA only, not with --compile or --gradient-checkpointing); default off.")
 PooledOnlyOpt = typer.Option(None, "--pooled-only/--no-pooled-only", help="The last block computes its query, attention output and feed-forward for the token the classifier reads alone, keys and values for every token (BERT-family models); default off.")
 
 
@@ -134,6 +135,7 @@ def run(
     autocast: Optional[str] = AutocastOpt,
     gradient_checkpointing: Optional[bool] = CheckpointingOpt,
     pooled_only: Optional[bool] = PooledOnlyOpt,
+    cuda_graphs: Optional[bool] = CudaGraphsOpt,
     objective: Optional[str] = typer.Option(None, "--objective", help="proxy (train each plan, default), synthetic (closed-form score, no training: tests the set-up) or replay (scores from --table)."),
     table: Optional[str] = typer.Option(None, "--table", help="Replay objective: table of trained plans (benchmarks/build_table.py)."),
     trial_seconds: Optional[float] = typer.Option(None, "--trial-seconds", help="Synthetic objective: seconds each trial takes \\[0]."),
@@ -156,7 +158,8 @@ def run(
                         eval_examples=eval_examples, max_length=max_length, learning_rate=learning_rate, seed=seed,
                         objective=objective, trial_seconds=trial_seconds, table=table, length_buckets=length_buckets,
                         frozen_cache=frozen_cache, frozen_cache_dtype=frozen_cache_dtype, compile=compile,
-                        autocast=autocast, gradient_checkpointing=gradient_checkpointing, pooled_only=pooled_only)
+                        autocast=autocast, gradient_checkpointing=gradient_checkpointing, pooled_only=pooled_only,
+                        cuda_graphs=cuda_graphs)
         if fid.objective == "proxy":
             from autopeft.proxy.train import check_options
 
@@ -723,6 +726,7 @@ def retrain(
     autocast: Optional[str] = AutocastOpt,
     gradient_checkpointing: Optional[bool] = CheckpointingOpt,
     pooled_only: Optional[bool] = PooledOnlyOpt,
+    cuda_graphs: Optional[bool] = CudaGraphsOpt,
     storage: Optional[str] = StorageOpt,
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda:0."),
     again: bool = typer.Option(False, "--again", help="Retrain even when the trial was already retrained at this fidelity."),
@@ -741,7 +745,8 @@ def retrain(
     overrides = dict(steps=steps, batch_size=batch_size, train_examples=train_examples, eval_examples=eval_examples,
                      max_length=max_length, learning_rate=learning_rate, seed=seed, length_buckets=length_buckets,
                      frozen_cache=frozen_cache, frozen_cache_dtype=frozen_cache_dtype, compile=compile,
-                     autocast=autocast, gradient_checkpointing=gradient_checkpointing, pooled_only=pooled_only)
+                     autocast=autocast, gradient_checkpointing=gradient_checkpointing, pooled_only=pooled_only,
+                     cuda_graphs=cuda_graphs)
     try:
         request = prepare_retrain(open_storage(storage), name, trial, fidelity, overrides, again=again)
         from autopeft.proxy.train import check_options

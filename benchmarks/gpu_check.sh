@@ -3,11 +3,13 @@
 #   1. records the card, driver and versions;
 #   2. runs the kernel parity tests on the GPU (tests/kernels: the LoRA, experts, adapter and IA3/SSF paths on CUDA
 #      tensors, the Triton LoRA kernels compiled for the card -- not interpreted -- against the plain-torch
-#      references, float32 and bf16);
+#      references, float32 and bf16) and the CUDA-graph tests (tests/proxy/test_graphs.py: trials and packs
+#      recorded and replayed against eager training);
 #   3. runs benchmarks/step_time.py on CUDA in bfloat16 (5 repeats) and keeps its Markdown tables (whole steps,
-#      the expert layer, one site of each adapter/IA3/SSF kernel against its unfused twin);
+#      eager and replayed as CUDA graphs; the expert layer; one site of each adapter/IA3/SSF kernel against its
+#      unfused twin);
 #   4. runs benchmarks/pack_throughput.py on CUDA with bf16 autocast: 8 plans at the quickstart budget, one at a
-#      time against `--pack 8` (the goal: >= 4x trials per hour) and against 8 worker processes (--procs 8);
+#      time against `--pack 8` (the goal: >= 4x trials per hour), each also with CUDA graphs (--graphs);
 #   (Where a trial's time goes on the card is a separate run, about a minute:
 #    python benchmarks/trial_phases.py --device cuda --autocast bf16 --plans 8 --set steps=30)
 #
@@ -16,10 +18,10 @@
 # Needs torch with CUDA, triton, transformers, peft and pytest in $PYTHON (default: python), e.g. a CUDA build of
 # torch, then `pip install -e ".[gpu,test]"`. Every step has its own time limit; a failed step is recorded and the
 # next one still runs; the exit status is non-zero if any step failed.
-# Limits from the two H200 runs (benchmarks/data/gpu_check_h200*/): parity took 32-34 s, step_time 37-50 s. The pack
-# step took 228 s with --procs 8: 71-84 s one at a time, 36-42 s packed, 11 s with 8 processes, and about 85 s for
-# the processes to start, load the model and train their untimed warm-up trial side by side. It gets 270 s; the
-# five limits add up to 470 s.
+# Limits from the two H200 runs (benchmarks/data/gpu_check_h200*/): parity took 32-34 s, step_time 37-50 s (before
+# the CUDA-graph rows), the pack 71-84 s one at a time and 36-42 s packed. 8 worker processes (--procs 8: 11 s, plus
+# about 85 s to start them) were measured there and are not repeated; the graphed ways need a second trainer and
+# its warm-up trial. The five limits add up to 560 s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu_check}}
@@ -44,9 +46,9 @@ import torch, triton, transformers, peft
 assert torch.cuda.is_available(), 'torch sees no CUDA device'
 print('card', torch.cuda.get_device_name(), '| torch', torch.__version__, 'cuda', torch.version.cuda,
       '| triton', triton.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
-step parity 60 "$py" -m pytest tests/kernels -q -p no:cacheprovider -rs
-step step_time_bf16 80 "$py" benchmarks/step_time.py --device cuda --dtype bfloat16 --repeats 5
-step pack_bf16 270 "$py" benchmarks/pack_throughput.py --device cuda --autocast bf16 --pack 8 --plans 8 --repeats 1 \
-  --procs 8
+step parity 90 "$py" -m pytest tests/kernels tests/proxy/test_graphs.py -q -p no:cacheprovider -rs
+step step_time_bf16 110 "$py" benchmarks/step_time.py --device cuda --dtype bfloat16 --repeats 5
+step pack_bf16 300 "$py" benchmarks/pack_throughput.py --device cuda --autocast bf16 --pack 8 --plans 8 --repeats 1 \
+  --graphs
 echo "results in $out/ (summary.txt, card.txt, versions.txt, parity.txt, step_time_bf16.txt, pack_bf16.txt)"
 exit $status

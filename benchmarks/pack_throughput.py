@@ -9,6 +9,9 @@ from ``search_spaces/full.yaml`` (build_table.py's density sampler) two or three
 
 * *one at a time*: ``ProxyTrainer.run`` per plan (what a worker without ``--pack`` does);
 * *pack K*: ``PackedTrainer(trainer, K).run_many`` (what ``autopeft worker --pack K`` does);
+* with ``--graphs`` (CUDA), also *one at a time, CUDA graphs* and *pack K, CUDA graphs*: the same plans on a second
+  trainer whose fidelity has ``cuda_graphs`` on (each step's forward and backward replayed from a recording per
+  batch width; what ``autopeft run --cuda-graphs`` does);
 * with ``--procs N``, also *N processes*: N worker processes on the same device, each with its own trainer
   (model, data, CUDA context) training its share of the plans one at a time -- what ``autopeft run --workers N``
   or N ``autopeft worker`` processes on one machine do. Each process sets up first (not timed, like the trainer
@@ -53,11 +56,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--autocast", default="off", choices=("off", "bf16"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="fidelity overrides, e.g. steps=40")
+    ap.add_argument("--graphs", action="store_true",
+                    help="also time one at a time and the pack with each step replayed as CUDA graphs (CUDA only)")
     ap.add_argument("--procs", type=int, default=0, metavar="N",
                     help="also time N worker processes on the device, each training its share one at a time")
     args = ap.parse_args(argv)
     if args.procs < 0 or args.procs > args.plans:
         ap.error(f"--procs: must be between 0 and --plans ({args.plans}); got {args.procs}")
+    if args.graphs and torch.device(args.device).type != "cuda":
+        ap.error("--graphs: CUDA graphs need --device cuda")
     torch.set_num_threads(args.threads)
 
     from autopeft.proxy.pack import PackedTrainer
@@ -73,6 +80,12 @@ def main(argv: list[str] | None = None) -> None:
 
     ways = [("one at a time", lambda: _timed(device, lambda: [trainer.run(p) for p in plans])),
             (f"pack {args.pack}", lambda: _timed(device, lambda: packer.run_many(plans)))]
+    if args.graphs:
+        graphed = ProxyTrainer(fidelity.model_copy(update={"cuda_graphs": True}), args.device)
+        graphed_packer = PackedTrainer(graphed, args.pack)
+        _timed(device, lambda: graphed.run(plans[0]))  # warm-up, as above
+        ways += [("one at a time, CUDA graphs", lambda: _timed(device, lambda: [graphed.run(p) for p in plans])),
+                 (f"pack {args.pack}, CUDA graphs", lambda: _timed(device, lambda: graphed_packer.run_many(plans)))]
     if args.procs:
         ways.append((f"{args.procs} processes", lambda: _in_processes(args.procs, fidelity, args, plans)))
     rates: dict[str, list[float]] = {name: [] for name, _ in ways}

@@ -53,6 +53,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from unittest import mock
 
 import torch
@@ -69,6 +70,7 @@ from autopeft.peft import apply_plan, auxiliary_loss, get_arch
 from autopeft.peft.methods.base import BLOCK_SITES
 from autopeft.peft.modules import LoRAExperts
 from autopeft.plan import ModuleSpec, PeftPlan
+from autopeft.proxy.graphs import StepGraphs
 from autopeft.proxy.train import _PeakMemory
 
 RANK, ALPHA, EXPERTS, TOP_K = 8, 16.0, 8, 2
@@ -92,6 +94,12 @@ class Config:
     kind: str = "train"  # "forward" (no_grad), "bound" (grad to the input embeddings), "train"
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     peer: str | None = None  # the label of the row it is compared with
+    graphs: bool = False  # forward and backward replayed as CUDA graphs (autopeft.proxy.graphs.StepGraphs)
+
+
+#: how a graphed row records its step (None: CUDA graphs); the tests give an eager stand-in to run the rows on CPU
+CAPTURE = None
+GRAPHED = ", CUDA graphs"
 
 
 def _base(name: str, device, dtype) -> torch.nn.Module:
@@ -179,10 +187,23 @@ def _triton_lora():
     return mock.patch.dict(os.environ, {kernels.TRITON_ENV: "1"})
 
 
-def configs(name: str, device, dtype) -> list[Config]:
+def configs(name: str, device, dtype, graphs: bool = False) -> list[Config]:
     all_sites = ["q", "k", "v", "o", "gate", "up", "down"]
     experts = _ours(name, ["q", "v"], device, dtype, method="lora_experts", num_experts=EXPERTS, top_k=TOP_K)
     base = lambda: _base(name, device, dtype)
+    # With ``graphs``, the bound and the LoRA and experts rows once more, each step replayed as CUDA graphs (what
+    # the fidelity's cuda_graphs does): the host launches two graphs instead of every kernel. peft's rows are
+    # recorded the same way, so each graphed autopeft row has a graphed peer.
+    graphed = [
+        Config("bound" + GRAPHED, base, "bound", graphs=True),
+        Config("peft LoRA q,v" + GRAPHED, _peft(name, MODELS[name]["peft_qv"], device, dtype), graphs=True),
+        Config("autopeft LoRA q,v" + GRAPHED, _ours(name, ["q", "v"], device, dtype), graphs=True,
+               peer="peft LoRA q,v" + GRAPHED),
+        Config("peft LoRA all-linear" + GRAPHED, _peft(name, "all-linear", device, dtype), graphs=True),
+        Config("autopeft LoRA all-linear" + GRAPHED, _ours(name, all_sites, device, dtype), graphs=True,
+               peer="peft LoRA all-linear" + GRAPHED),
+        Config("experts q,v: autopeft" + GRAPHED, experts, graphs=True, peer="experts q,v: autopeft"),
+    ] if graphs else []
     return [
         Config("frozen forward", base, "forward"),
         Config("bound: frozen forward + backward to inputs", base, "bound"),
@@ -197,6 +218,7 @@ def configs(name: str, device, dtype) -> list[Config]:
         Config("experts q,v: loop over experts", _looped(experts)),
         Config("experts q,v: autopeft", experts, peer="experts q,v: loop over experts"),
         *_fused_pairs(name, device, dtype),
+        *graphed,
     ]
 
 
@@ -224,19 +246,25 @@ def _batch(name: str, device) -> dict[str, torch.Tensor]:
     return {"input_ids": ids.to(device), "labels": torch.randint(0, 2, (b,), generator=g).to(device)}
 
 
-def _step(model, batch, kind: str) -> None:
+def _loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    loss = model(**batch).loss
+    aux = auxiliary_loss(model)  # the experts' load-balancing loss, weighted as the proxy trainer's default
+    return loss if aux is None else loss + AUX_WEIGHT * aux
+
+
+def _step(model, batch, kind: str, graphs: StepGraphs | None = None) -> None:
+    """One step of ``kind``; with ``graphs`` (a row's recorded step) its loss's forward and backward replay."""
     if kind == "forward":
         with torch.no_grad():
             model(**batch)
         return
+    loss_of = graphs or (lambda b: _loss(model, b))
     if kind == "bound":
         embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_()
-        model(inputs_embeds=embeds, labels=batch["labels"]).loss.backward()
+        loss_of({"inputs_embeds": embeds, "labels": batch["labels"]}).backward()
         return
     model.zero_grad(set_to_none=True)
-    loss = model(**batch).loss
-    aux = auxiliary_loss(model)  # the experts' load-balancing loss, weighted as the proxy trainer's default
-    (loss if aux is None else loss + AUX_WEIGHT * aux).backward()
+    loss_of(batch).backward()
 
 
 def _saved_mib(model, batch, kind) -> float:
@@ -317,9 +345,12 @@ def _selected(cfgs: list[Config], only: list[str] | None) -> list[Config]:
     return [c for c in cfgs if c.label in keep]
 
 
-def bench_model(name: str, repeats: int, device, dtype, only: list[str] | None = None) -> list[dict]:
-    cfgs = _selected(configs(name, device, dtype), only)
+def bench_model(name: str, repeats: int, device, dtype, only: list[str] | None = None,
+                graphs: bool = False) -> list[dict]:
+    cfgs = _selected(configs(name, device, dtype, graphs), only)
     models = [c.build() for c in cfgs]
+    # recorded in the warm-up round (the first call of each), replayed in the timed ones
+    recorded = [StepGraphs(m, partial(_loss, m), capture=CAPTURE) if c.graphs else None for c, m in zip(cfgs, models)]
     batch = _batch(name, device)
     times: list[list[float]] = [[] for _ in cfgs]
     cpus: list[list[float]] = [[] for _ in cfgs]
@@ -327,7 +358,7 @@ def bench_model(name: str, repeats: int, device, dtype, only: list[str] | None =
     for rep in range(repeats + 1):  # round 0 warms up
         for i, (cfg, model) in enumerate(zip(cfgs, models)):
             with cfg.context(), _PeakMemory(device) as mem, _Clock(device) as clock:
-                _step(model, batch, cfg.kind)
+                _step(model, batch, cfg.kind, recorded[i])
             if rep:
                 times[i].append(clock.wall)
                 cpus[i].append(clock.cpu)
@@ -459,6 +490,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time the bound and the LoRA and experts rows with each step replayed as CUDA graphs "
+                         "(default: on CUDA)")
     ap.add_argument("--only", nargs="+", default=None, metavar="TEXT",
                     help="whole-step rows whose label contains TEXT (the frozen rows and each row's peer are kept); "
                          "skips the layer tables. Default: every row and table")
@@ -466,6 +500,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    graphs = device.type == "cuda" if args.graphs is None else args.graphs
+    if graphs and device.type != "cuda":
+        ap.error("--graphs: CUDA graphs need --device cuda")
     cpu_clock = device.type == "cpu"
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device {device} ({card}), dtype {args.dtype}, torch {torch.__version__}, "
@@ -473,7 +510,7 @@ def main() -> None:
     rows, layer_rows = [], []
     for name in args.models:
         t0 = time.perf_counter()
-        model_rows = bench_model(name, args.repeats, device, dtype, args.only)
+        model_rows = bench_model(name, args.repeats, device, dtype, args.only, graphs)
         model_layer_rows = [] if args.only else (bench_expert_layer(name, args.repeats, device, dtype) +
                                                  bench_fused_layers(name, args.repeats, device, dtype))
         print(f"{name}: {time.perf_counter() - t0:.0f} s\n{table(model_rows, model_layer_rows, cpu_clock)}\n", flush=True)

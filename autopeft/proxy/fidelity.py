@@ -76,6 +76,9 @@ class Fidelity(BaseModel):
     pooled_only: bool = Field(False, description="The last block computes the query, attention output and "
                               "feed-forward sub-layer for the one token the classifier reads (BERT-family models: "
                               "the first), and keys and values for every token.")
+    cuda_graphs: bool = Field(False, description="Replay each training step's forward and backward as CUDA graphs "
+                              "(one recording per batch width; batches padded to a multiple of 16 tokens): the host "
+                              "launches two graphs instead of every kernel. CUDA only.")
 
     @field_validator("frozen_cache_dtype")
     @classmethod
@@ -83,6 +86,17 @@ class Fidelity(BaseModel):
         if value != "float32" and not info.data.get("frozen_cache", False):
             raise ValueError(f"{value!r} applies to the frozen-layer cache only; pass --frozen-cache too, or drop "
                              "--frozen-cache-dtype")
+        return value
+
+    @field_validator("cuda_graphs")
+    @classmethod
+    def _graphs_alone(cls, value: bool, info: ValidationInfo) -> bool:
+        # torch.compile and checkpointing re-run or re-trace the step's Python, which a recorded graph never runs.
+        for other in ("compile", "gradient_checkpointing"):
+            if value and info.data.get(other, False):
+                flag = "--" + other.replace("_", "-")
+                raise ValueError(f"CUDA graphs replay recorded kernels and cannot be combined with {flag}; drop one "
+                                 "of the two")
         return value
 
     @classmethod
@@ -124,6 +138,8 @@ class Fidelity(BaseModel):
             on.append("gradient checkpointing")
         if self.pooled_only:
             on.append("pooled token only in the last block")
+        if self.cuda_graphs:
+            on.append("CUDA graphs")
         return on
 
 
@@ -134,7 +150,7 @@ BUDGET_FIELDS: tuple[str, ...] = ("train_examples", "steps", "batch_size", "max_
                                   "learning_rate", "warmup_ratio", "weight_decay", "aux_loss_weight", "seed")
 #: Throughput options (how the budget is spent): a retrain may change them too.
 THROUGHPUT_FIELDS: tuple[str, ...] = ("length_buckets", "frozen_cache", "frozen_cache_dtype", "compile", "autocast",
-                                      "gradient_checkpointing", "pooled_only")
+                                      "gradient_checkpointing", "pooled_only", "cuda_graphs")
 #: ``full``: epochs over the whole training split.
 FULL_EPOCHS = 3
 #: ``full``: max_length covers this share of the training texts, rounded up to a multiple of LENGTH_STEP tokens.

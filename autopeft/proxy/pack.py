@@ -282,6 +282,17 @@ class PackedTrainer:
         self._mask.value = None
         return out
 
+    def _pack_loss(self, packed: nn.Module, models: list[nn.Module], live: list[int]):
+        """A batch (labels included) -> the stacked losses of the ``live`` trials, (len(live),); under the
+        fidelity's ``cuda_graphs`` recorded per batch shape for this packed model."""
+        live = list(live)
+
+        def losses(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            return torch.stack(self._losses(packed, models, live, inputs, batch["labels"]))
+
+        return self.trainer.step_graphs(packed, losses)
+
     def _run_pack(self, plans: list[PeftPlan], on_step) -> list[TrialMetrics | TrialFailed]:
         tr, f = self.trainer, self.trainer.fidelity
         t0 = time.perf_counter()
@@ -299,15 +310,15 @@ class PackedTrainer:
         with _PeakMemory(tr.device) as mem:
             for m in models:
                 tr.train_mode(m)
+            loss_of = self._pack_loss(packed, models, live)
             batches = tr.train_batches(start)
             for step in range(f.steps):
                 ts = time.perf_counter()
                 batch = next(batches)
-                labels = batch.pop("labels")
                 while live:
-                    step_loss = self._losses(packed, models, live, batch, labels)
+                    step_loss = loss_of(batch)  # (live,)
                     # every trial's loss in one copy to the host (one device sync per step, not one per trial)
-                    values = torch.stack([loss.detach() for loss in step_loss]).tolist()
+                    values = step_loss.detach().tolist()
                     bad = [(t, v) for t, v in zip(live, values) if not math.isfinite(v)]
                     if not bad:
                         break
@@ -317,11 +328,12 @@ class PackedTrainer:
                     live = [t for t in live if t not in failed]
                     if live:  # the same start block: the batch already holds its states
                         packed = self.packed_model([models[t] for t in live], start)[0]
+                        loss_of = self._pack_loss(packed, models, live)
                 if not live:
                     break
                 for t in live:
                     optims[t][0].zero_grad(set_to_none=True)
-                total = torch.stack(step_loss).sum()  # no shared trainable tensor: each trial gets its own gradient
+                total = step_loss.sum()  # no shared trainable tensor: each trial gets its own gradient
                 (scaler.scale(total) if scaler is not None else total).backward()
                 for t in live:
                     if scaler is not None:

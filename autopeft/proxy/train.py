@@ -94,6 +94,7 @@ class _Encoded:
     token_type_ids: torch.Tensor | None  # (N, T_max) long, zero-padded
     lengths: torch.Tensor  # (N,) long: real tokens per example
     labels: torch.Tensor  # (N,) long
+    pad_id: int = 0  # the tokenizer's padding id, for batches padded wider than the split
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -117,18 +118,30 @@ def _encode(tokenizer, examples: Sequence[Example], max_length: int, split: str)
         ids[i, : len(row)] = torch.tensor(row)
         if types is not None:
             types[i, : len(row)] = torch.tensor(tti[i])
-    return _Encoded(split, ids, types, lengths, torch.tensor([e.label for e in examples], dtype=torch.long))
+    return _Encoded(split, ids, types, lengths, torch.tensor([e.label for e in examples], dtype=torch.long),
+                    tokenizer.pad_token_id)
 
 
-def _collate(data: _Encoded, idx: Sequence[int] | torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-    """Rows ``idx`` padded to their longest member (dynamic padding), right-padded."""
+def _collate(data: _Encoded, idx: Sequence[int] | torch.Tensor, device: torch.device,
+             width_to: Callable[[int], int] | None = None) -> dict[str, torch.Tensor]:
+    """Rows ``idx`` padded to their longest member (dynamic padding), right-padded; ``width_to`` maps that width to
+    the one to pad to (CUDA graphs: a multiple of :data:`~autopeft.proxy.graphs.GRAPH_WIDTH`)."""
     idx = torch.as_tensor(idx, dtype=torch.long)
     lengths = data.lengths[idx]  # (B,)
     width = int(lengths.max())
+    if width_to is not None:
+        width = width_to(width)
     mask = (torch.arange(width)[None, :] < lengths[:, None]).long()  # (B, T)
-    batch = {"input_ids": data.input_ids[idx, :width], "attention_mask": mask, "labels": data.labels[idx]}
+
+    def cols(t: torch.Tensor, fill: int) -> torch.Tensor:  # (B, width): the split's columns, then fill
+        rows = t[idx, :width]
+        if rows.shape[1] < width:
+            rows = torch.cat([rows, rows.new_full((len(idx), width - rows.shape[1]), fill)], dim=1)
+        return rows
+
+    batch = {"input_ids": cols(data.input_ids, data.pad_id), "attention_mask": mask, "labels": data.labels[idx]}
     if data.token_type_ids is not None:
-        batch["token_type_ids"] = data.token_type_ids[idx, :width]
+        batch["token_type_ids"] = cols(data.token_type_ids, 0)
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -286,6 +299,9 @@ def check_options(fidelity: Fidelity, device: str | torch.device) -> None:
         from autopeft.proxy.pooled import check_supported
 
         check_supported(load_config(fidelity.model))
+    if fidelity.cuda_graphs and dev.type != "cuda":
+        raise StudyError(f"--cuda-graphs: CUDA graphs need a CUDA device, and trials run on {str(dev)!r}; drop "
+                         "--cuda-graphs or train on a GPU (--device cuda)")
     if fidelity.compile and dev.type == "cpu" and _c_compiler() is None:
         raise StudyError("--compile: torch.compile on CPU needs a C compiler, and none was found (cc, gcc, clang or "
                          "$CC); install one (e.g. apt-get install gcc) or drop --compile")
@@ -354,6 +370,9 @@ class ProxyTrainer:
     #: attention sub-layer (:func:`autopeft.proxy.pooled.cut_last_block`). ``False``: the cut after the attention
     #: sub-layer alone (benchmarks).
     pooled_queries: bool = True
+    #: How a step is recorded under the fidelity's ``cuda_graphs`` (None: :func:`autopeft.proxy.graphs.capture_cuda`).
+    #: The tests give an eager stand-in: the CPU twin of the recorded step.
+    graph_capture = None
 
     def __init__(self, fidelity: Fidelity, device: str = "cpu", task: TaskData | None = None, *,
                  cache_mb: float | None = None, cache_dir: str | None = None, use_cache: bool = True):
@@ -389,7 +408,10 @@ class ProxyTrainer:
     def autocast(self) -> contextlib.AbstractContextManager:
         """The fidelity's mixed-precision context (a no-op when ``autocast`` is off)."""
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.fidelity.autocast)
-        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        if not dtype:
+            return contextlib.nullcontext()
+        # A recorded graph must cast the weights itself on every replay, not read autocast's per-forward cache.
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=not self.fidelity.cuda_graphs)
 
     def frozen_layers(self, plan: PeftPlan) -> int:
         """Blocks that run without dropout below ``plan``'s lowest module (0 unless ``frozen_cache``)."""
@@ -504,10 +526,14 @@ class ProxyTrainer:
         With ``start_layer`` > 0 each batch also holds the cached states entering that block (``frozen_hidden``),
         for a model configured with the same ``start_layer``.
         """
+        from autopeft.proxy.graphs import padded_width
+
         f = self.fidelity
         states = self.hidden_states(self.train_data, start_layer) if start_layer else None
+        # one recorded graph per width; never past max_length (the model's positions may end there)
+        width_to = (lambda w: max(w, min(padded_width(w), f.max_length))) if f.cuda_graphs else None
         for idx in self._batches(f.steps, f.batch_size, f.seed):
-            batch = _collate(self.train_data, idx, self.device)
+            batch = _collate(self.train_data, idx, self.device, width_to)
             if states is not None:
                 width = batch["input_ids"].shape[1]
                 batch[fc.HIDDEN_KEY] = states.gather(torch.as_tensor(idx), width).to(self.device)  # (B, T, C)
@@ -527,6 +553,16 @@ class ProxyTrainer:
             return max(0.0, (f.steps - step) / max(1, f.steps - warmup))
 
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+
+    def step_graphs(self, model: torch.nn.Module, loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor]):
+        """Under the fidelity's ``cuda_graphs``, ``loss_fn`` recorded per batch shape (a
+        :class:`~autopeft.proxy.graphs.StepGraphs` over ``model``'s parameters); otherwise ``loss_fn`` itself.
+        Built once the model is configured and in training mode: a recording keeps the modes it saw."""
+        from autopeft.proxy.graphs import StepGraphs
+
+        if not self.fidelity.cuda_graphs:
+            return loss_fn
+        return StepGraphs(model, loss_fn, capture=self.graph_capture)
 
     def step_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The task loss of one batch plus the weighted auxiliary (load-balancing) loss, a scalar."""
@@ -609,11 +645,12 @@ class ProxyTrainer:
         step_times: list[float] = []
         with _PeakMemory(self.device) as mem:
             self.train_mode(model)
+            loss_of = self.step_graphs(model, lambda batch: self.step_loss(model, batch))
             batches = self.train_batches(start)
             for step in range(f.steps):
                 ts = time.perf_counter()
                 batch = next(batches)
-                loss = self.step_loss(model, batch)
+                loss = loss_of(batch)
                 value = loss.item()  # the step's one device sync
                 if not math.isfinite(value):
                     raise TrialFailed(f"loss became {value} at step {step}; the plan diverged at lr {f.learning_rate}")

@@ -31,3 +31,9 @@ def test_processes_row_trains_every_plan_as_one_at_a_time(capsys):
 def test_procs_must_fit_the_plans():
     with pytest.raises(SystemExit):
         pack_throughput.main(["--plans", "2", "--procs", "3"])
+
+
+def test_graphs_need_cuda(capsys):
+    with pytest.raises(SystemExit):
+        pack_throughput.main(["--plans", "2", "--graphs", "--device", "cpu"])
+    assert "--graphs: CUDA graphs need --device cuda" in capsys.readouterr().err

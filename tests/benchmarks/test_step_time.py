@@ -34,3 +34,33 @@ def test_lora_rows_count_the_products_the_fused_kernel_and_autograd_share(tiny):
     text = step_time.table(list(rows.values()), [])
     assert "| GFLOP | GFLOP / bound |" in text
     assert f"| {fused:.1f} | {fused / bound:.3f}x |" in text
+
+
+def test_graphed_rows_replay_the_eager_step(tiny, monkeypatch):
+    monkeypatch.setattr(step_time, "CAPTURE", lambda step, args: step)  # the CPU twin of a recording
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    rows = {r["label"]: r for r in step_time.bench_model("minilm", 1, cpu, torch.float32, only=["all-linear"],
+                                                         graphs=True)}
+    graphed = "autopeft LoRA all-linear" + step_time.GRAPHED
+    assert {"bound" + step_time.GRAPHED, "peft LoRA all-linear" + step_time.GRAPHED, graphed} <= rows.keys()
+    assert rows[graphed]["peer"] == "peft LoRA all-linear" + step_time.GRAPHED
+    assert rows[graphed]["gflop"] == pytest.approx(rows["autopeft LoRA all-linear"]["gflop"], rel=1e-9)
+    assert "experts q,v: autopeft" + step_time.GRAPHED not in rows  # --only keeps the rows asked for
+
+    from functools import partial
+
+    from autopeft.proxy.graphs import StepGraphs
+
+    batch = step_time._batch("minilm", cpu)
+    for kind, build in (("train", step_time._ours("minilm", ["q", "v", "up"], cpu, torch.float32)),
+                        ("bound", lambda: step_time._base("minilm", cpu, torch.float32))):
+        model = build().eval()  # no dropout: the two ways must agree exactly
+        grads = []
+        for graphs in (None, StepGraphs(model, partial(step_time._loss, model), capture=lambda step, args: step)):
+            model.zero_grad(set_to_none=True)
+            step_time._step(model, batch, kind, graphs)  # the bound: a frozen model, so no parameter gradient
+            grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+        assert len(grads[0]) == len(grads[1]) and (kind == "bound" or grads[0])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b)

@@ -23,9 +23,17 @@ def test_options_are_recorded_and_described():
     assert f != Fidelity()  # trials with other options are another fidelity: never mixed
     assert {k: f.model_dump()[k] for k in THROUGHPUT_FIELDS} == {
         "length_buckets": True, "frozen_cache": True, "frozen_cache_dtype": "bfloat16", "compile": True,
-        "autocast": "bf16", "gradient_checkpointing": True, "pooled_only": True}
+        "autocast": "bf16", "gradient_checkpointing": True, "pooled_only": True, "cuda_graphs": False}
     assert f.describe().endswith("length buckets, frozen-layer cache (bfloat16), compiled, bf16 autocast, "
                                  "gradient checkpointing, pooled token only in the last block")
+    graphed = Fidelity(length_buckets=True, cuda_graphs=True)
+    assert graphed != Fidelity(length_buckets=True) and graphed.describe().endswith("length buckets, CUDA graphs")
+
+
+def test_cuda_graphs_refuse_compile_and_checkpointing():
+    for other, flag in (("compile", "--compile"), ("gradient_checkpointing", "--gradient-checkpointing")):
+        with pytest.raises(StudyError, match=rf"--cuda-graphs \(cuda_graphs\): .*cannot be combined with {flag}"):
+            Fidelity.build({other: True, "cuda_graphs": True})
 
 
 def test_bad_option_values_name_the_flag():
