@@ -363,6 +363,9 @@ def bench_model(name: str, repeats: int, device, dtype, only: list[str] | None =
                 times[i].append(clock.wall)
                 cpus[i].append(clock.cpu)
                 peaks[i].append(mem.peak_mb)
+    for cfg, graphs in zip(cfgs, recorded):
+        if graphs is not None and graphs.fallback:
+            print(f"{name}: {cfg.label}: NOT recorded as CUDA graphs ({graphs.fallback}); its time is eager", flush=True)
     rows = []
     for cfg, model, ts, cs, ps in zip(cfgs, models, times, cpus, peaks):
         with cfg.context():

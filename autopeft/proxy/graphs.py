@@ -32,6 +32,7 @@ same padded shapes, the same per-shape bookkeeping, exercised by the tests on an
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -77,7 +78,9 @@ class StepGraphs:
     shape. Call it with a batch (a dict of tensors) to get the loss; its ``backward()`` replays the backward graph
     and leaves the gradients in the parameters' ``.grad``, as an eager step does.
 
-    ``capture`` records a step (default :func:`capture_cuda`); ``captures`` counts the shapes recorded so far.
+    ``capture`` records a step (default :func:`capture_cuda`); ``captures`` counts the shapes recorded so far. A
+    step that cannot be recorded (a module that synchronises with the host, say) is not an error: a warning names
+    the reason, kept in ``fallback``, and this model's steps run eagerly from then on -- the same arithmetic.
     """
 
     def __init__(self, module: nn.Module, loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], *,
@@ -86,12 +89,15 @@ class StepGraphs:
         self.loss_fn = loss_fn
         self.capture = capture or capture_cuda
         self._graphs: dict[tuple, Callable[..., torch.Tensor]] = {}
+        self.fallback: str | None = None
 
     @property
     def captures(self) -> int:
         return len(self._graphs)
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.fallback is not None:
+            return self.loss_fn(batch)
         names = tuple(sorted(batch))
         args = tuple(batch[n] for n in names)
         key = (names, tuple((tuple(a.shape), a.dtype) for a in args))
@@ -100,7 +106,14 @@ class StepGraphs:
             # A fresh wrapper per shape: make_graphed_callables replaces its module's forward with the replay.
             # (Not ``.train()``: that would reset the dropout modes the trainer set block by block.)
             step = _Step(self.module, self.loss_fn, names)
-            graphed = self._graphs[key] = self.capture(step, args)
+            try:
+                graphed = self.capture(step, args)
+            except RuntimeError as exc:
+                self.fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                warnings.warn(f"--cuda-graphs: this trial's step could not be recorded as a CUDA graph "
+                              f"({self.fallback}); it trains without graphs", stacklevel=2)
+                return self.loss_fn(batch)
+            self._graphs[key] = graphed
         return graphed(*args)
 
 

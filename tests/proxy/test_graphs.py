@@ -155,6 +155,19 @@ def test_graphed_packs_equal_eager_trials_without_dropout(models, task):
     assert len(graphed.graphs) == 2  # one StepGraphs per pack
 
 
+def test_a_step_that_cannot_be_recorded_trains_eagerly_with_a_warning(models, task):
+    def refuse(step, args):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    trainer = ProxyTrainer(_fidelity(models["bert"], task))
+    graphed, refused = _graphed(trainer), _graphed(trainer, capture=refuse)
+    with pytest.warns(UserWarning, match=r"--cuda-graphs: .*could not be recorded.*\(RuntimeError: operation not "
+                                         r"permitted when stream is capturing\); it trains without graphs"):
+        got = refused.run(PLANS[0])
+    _same(graphed.run(PLANS[0]), got, PLANS[0])
+    assert refused.graphs[0].fallback and refused.graphs[0].captures == 0
+
+
 def test_graphs_widths_stay_within_max_length(models, task):
     trainer = _graphed(ProxyTrainer(_fidelity(models["bert"], task, max_length=20)))
     widths = {b["input_ids"].shape[1] for b in trainer.train_batches()}
@@ -177,7 +190,7 @@ def test_recorded_trials_equal_eager_trials_on_cuda(kind, models, task):
         # other kernels (and summation orders) on a replay: equal up to float rounding
         assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4)
         assert abs(b.score - a.score) <= 1 / 24  # at most one of 24 validation examples flips
-    assert all(g.captures >= 1 for g in graphed.graphs)
+    assert all(g.captures >= 1 and g.fallback is None for g in graphed.graphs)
 
 
 @cuda
@@ -187,6 +200,7 @@ def test_recorded_packs_and_bf16_on_cuda(models, task):
     alone = [trainer.run(p) for p in PLANS]
     for a, b in zip(alone, PackedTrainer(graphed, 3).run_many(PLANS)):
         assert b.train_loss == pytest.approx(a.train_loss, rel=3e-2)  # bf16 rounding differs with the shapes
+    assert all(g.captures >= 1 and g.fallback is None for g in graphed.graphs)
 
 
 @cuda
@@ -196,4 +210,4 @@ def test_recorded_dropout_draws_fresh_masks_every_replay(tmp_path, task):
     graphs = StepGraphs(model, lambda b: trainer.step_loss(model, b))
     batch = next(trainer.train_batches())
     first, second = graphs(batch).item(), graphs(batch).item()  # the same batch and weights, replayed twice
-    assert graphs.captures == 1 and first != second  # other masks each replay
+    assert graphs.captures == 1 and graphs.fallback is None and first != second  # other masks each replay
