@@ -110,6 +110,13 @@ def main(argv: list[str] | None = None) -> None:
     for name, results in last.items():
         if name != "one at a time":
             print(_difference(name, alone, results))
+    print("\nper plan, last repeat: validation score / final training loss\n")
+    print("| plan | " + " | ".join(last) + " |")
+    print("|---|" + "---:|" * len(last))
+    for i, plan in enumerate(plans):
+        cells = [f"{r[i].score:.4f} / {r[i].train_loss:.4f}" if not isinstance(r[i], Exception) else "failed"
+                 for r in last.values()]
+        print(f"| {i}: {plan.summary().replace(' | ', '; ')[:80]} | " + " | ".join(cells) + " |")
 
 
 def fidelity_and_plans(overrides: list[str], autocast: str, n: int, seed: int) -> tuple[Any, list]:

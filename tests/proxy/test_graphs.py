@@ -187,8 +187,10 @@ def test_recorded_trials_equal_eager_trials_on_cuda(kind, models, task):
     graphed = _graphed(trainer, capture=None)  # the real recording
     for plan in PLANS:
         a, b = trainer.run(plan), graphed.run(plan)
-        # other kernels (and summation orders) on a replay: equal up to float rounding
-        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4)
+        # other kernels (and summation orders) on a replay: equal up to float rounding (an experts plan's
+        # load-balancing loss also counts the padding, as in _same)
+        experts = any(m.method == "lora_experts" for _, m in plan.modules())
+        assert b.train_loss == pytest.approx(a.train_loss, rel=2e-3 if experts else 1e-4)
         assert abs(b.score - a.score) <= 1 / 24  # at most one of 24 validation examples flips
     assert all(g.captures >= 1 and g.fallback is None for g in graphed.graphs)
 
