@@ -163,7 +163,9 @@ def run(
         if fid.objective == "proxy":
             from autopeft.proxy.train import check_options
 
-            check_options(fid, device)  # before any worker starts: e.g. fp16 on a CPU
+            # before any worker starts: e.g. fp16 on a CPU. With --workers 0 nothing trains here, so a study for GPU
+            # workers (--autocast fp16, --cuda-graphs) can be created on a machine without one.
+            check_options(fid, device if workers else None)
         st, created = prepare_study(space, fid, storage=storage, study_name=study, sampler=sampler)
         check_pack(pack, st.objectives, st.fidelity)
         _note(pack_note(pack, device))

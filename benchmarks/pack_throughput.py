@@ -22,7 +22,8 @@ from ``search_spaces/full.yaml`` (build_table.py's density sampler) two or three
 Reported: trials per hour of each (plans over wall seconds, the median over repeats), the ratio, and the largest
 per-plan difference of validation score and final training loss against one at a time (packing draws dropout
 masks for the whole pack: the differences are seeded noise, and without dropout they vanish -- see
-tests/proxy/test_pack.py). The GPU goal of the proxy-throughput work is ``--pack 8`` at >= 4x on a GPU.
+tests/proxy/test_pack.py), and each plan's validation score and final training loss for every way (a plan whose
+training takes off or not by chance shows there). The GPU goal of the proxy-throughput work is ``--pack 8`` at >= 4x on a GPU.
 """
 
 from __future__ import annotations

@@ -173,3 +173,17 @@ def test_every_help_text_shows_in_full():
         assert shown == text.replace("\\[", "["), f"{where}: help text loses {text!r} -> {shown!r}"
         checked += bool(text)
     assert checked > 50
+
+
+def test_a_study_for_gpu_workers_is_created_on_a_machine_without_one(tmp_path):
+    """--workers 0 trains nothing here: GPU-only options are stored for the workers, which check their own device;
+    with workers to start here, the same options are refused before anything is written."""
+    db = tmp_path / "s.db"
+    store = ["--storage", f"sqlite:///{db}"]
+    refused = cli("run", "--study", "g", "--cuda-graphs", "--workers", "1", *store, *TINY, check=False)
+    assert refused.returncode == 2 and "--cuda-graphs: CUDA graphs need a CUDA device" in refused.stderr
+    assert not db.exists() or not trial_rows(db)
+    r = cli("run", "--study", "g", "--cuda-graphs", "--autocast", "fp16", "--workers", "0", *store, *TINY)
+    assert "study g (created)" in r.stdout and "autopeft worker --study g" in r.stdout
+    shown = cli("study", "show", "g", *store).stdout
+    assert "fp16 autocast" in shown and "CUDA graphs" in shown

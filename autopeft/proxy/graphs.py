@@ -55,6 +55,12 @@ def padded_width(width: int) -> int:
 def capture_cuda(step: nn.Module, args: tuple[torch.Tensor, ...]) -> Callable[..., torch.Tensor]:
     """Record ``step(*args)``'s forward and backward as CUDA graphs; the returned callable replays them. A trainable
     tensor the loss does not reach (e.g. a module cut off by the pooled cut) gets no gradient, as in an eager step."""
+    # make_graphed_callables records on a side stream, so the parameters' gradient accumulators belong to that stream
+    # while the replayed backward runs on the trainer's; torch orders the two itself and would warn about it on every
+    # worker (the throughput figures in docs/benchmarks.md include that ordering).
+    quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
+    if quiet is not None:
+        quiet(False)
     return torch.cuda.make_graphed_callables(step, args, num_warmup_iters=WARMUP_RUNS, allow_unused_input=True)
 
 

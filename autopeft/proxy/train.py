@@ -281,9 +281,18 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def check_options(fidelity: Fidelity, device: str | torch.device) -> None:
+def check_options(fidelity: Fidelity, device: str | torch.device | None) -> None:
     """Refuse a device this machine lacks and throughput options the device cannot run, naming the flag and the
-    fix (before any worker starts); warn about one it runs slowly."""
+    fix (before any worker starts); warn about one it runs slowly. ``device`` None: no trial trains here (a study
+    created for workers on other machines), so only what does not depend on the device is checked; each worker's
+    trainer checks the rest on its own device."""
+    if fidelity.pooled_only:
+        from autopeft.proxy.models import load_config
+        from autopeft.proxy.pooled import check_supported
+
+        check_supported(load_config(fidelity.model))
+    if device is None:
+        return
     dev = check_device(device)
     if fidelity.autocast == "fp16" and dev.type != "cuda":
         raise StudyError(f"--autocast: fp16 needs a CUDA device, and trials run on {str(dev)!r}; use --autocast bf16 "
@@ -294,11 +303,6 @@ def check_options(fidelity: Fidelity, device: str | torch.device) -> None:
         warnings.warn("--autocast bf16: this CPU has no bf16 matrix instructions (AVX512-BF16 or AMX), so bf16 is "
                       "emulated and trials likely run slower than with --autocast off; drop --autocast unless you want "
                       "bf16 numerics", stacklevel=2)
-    if fidelity.pooled_only:
-        from autopeft.proxy.models import load_config
-        from autopeft.proxy.pooled import check_supported
-
-        check_supported(load_config(fidelity.model))
     if fidelity.cuda_graphs and dev.type != "cuda":
         raise StudyError(f"--cuda-graphs: CUDA graphs need a CUDA device, and trials run on {str(dev)!r}; drop "
                          "--cuda-graphs or train on a GPU (--device cuda)")
