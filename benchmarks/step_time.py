@@ -458,7 +458,7 @@ def table(rows: list[dict], layer_rows: list[dict], cpu_clock: bool = True) -> s
         bound = by_label["bound: frozen forward + backward to inputs"]
         for r in mine:
             peer = by_label[r["peer"]] if r["peer"] else None
-            cells = [f"{r['time']:.3f}", f"{r['time'] / bound['time']:.2f}x",
+            cells = [f"{r['time']:.4f}", f"{r['time'] / bound['time']:.2f}x",
                      f"{r['time'] / peer['time']:.2f}x" if peer else ""]
             if cpu_clock:
                 cells += [f"{r['cpu']:.3f}", f"{r['cpu'] / bound['cpu']:.2f}x",
