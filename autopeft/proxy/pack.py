@@ -82,10 +82,12 @@ def pack_note(k: int, device: str) -> str | None:
     except (RuntimeError, ValueError):  # not a device name: the trainer refuses it, naming the flag
         return None
     if k > 1 and kind == "cuda":
-        return (f"--pack {k} on a GPU: a small proxy's step is bound by the host issuing its many small kernels, and "
-                "several worker processes on one GPU measured more trials per hour than one worker packing as many "
-                "trials (docs/benchmarks.md, \"GPU check\"). Where the base model fits on the card several times, "
-                "add processes: `autopeft worker --processes N` or `autopeft run --workers N`.")
+        return (f"--pack {k} on a GPU: a small proxy's step is bound by the host issuing its many small kernels. A "
+                "study made with --cuda-graphs replays each step from a recording, and packs on top of that "
+                "(docs/benchmarks.md, \"GPU check, third run\": 7.9-8.2x the trials per hour of one at a time); "
+                "without graphs, several worker processes on one GPU measured more trials per hour than one worker "
+                "packing as many trials. Where the base model fits on the card several times, add processes: "
+                "`autopeft worker --processes N` or `autopeft run --workers N`.")
     if k > 1 and kind == "cpu":
         return (f"--pack {k} on a CPU: trials trained together do the same arithmetic as one at a time, and the "
                 "frozen-layer cache saves less (a pack runs from its lowest plan's block), so packing measured slower "
