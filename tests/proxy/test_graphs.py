@@ -146,6 +146,19 @@ def test_graphed_trials_equal_eager_trials_without_dropout(kind, models, task):
     assert {g.captures for g in graphed.graphs} == {len(widths)} and len(widths) > 1
 
 
+@pytest.mark.parametrize("options", [{"frozen_cache": True}, {"pooled_only": True}])
+def test_graphed_trials_apply_the_cache_and_the_pooled_cut(options, models, task):
+    """The frozen-layer feeder's states are one more input of the recorded step; the pooled cut is recorded as is."""
+    trainer = ProxyTrainer(_fidelity(models["bert"], task, **options))
+    graphed = _graphed(trainer)
+    for plan in PLANS:
+        _same(trainer.run(plan), graphed.run(plan), plan)
+    if options.get("frozen_cache"):
+        assert trainer.cached_layers(PLANS[1]) == 1  # PLANS[1] trains from cached states entering block 1
+        keys = {k for g in graphed.graphs for k in g._graphs}
+        assert any("frozen_hidden" in names for names, _ in keys)
+
+
 def test_graphed_packs_equal_eager_trials_without_dropout(models, task):
     trainer = ProxyTrainer(_fidelity(models["bert"], task))
     graphed = _graphed(trainer)
