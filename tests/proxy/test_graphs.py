@@ -16,7 +16,7 @@ from autopeft.proxy.fidelity import Fidelity
 from autopeft.proxy.graphs import GRAPH_WIDTH, StepGraphs, padded_width
 from autopeft.proxy.pack import PackedTrainer
 from autopeft.proxy.train import ProxyTrainer, check_options
-from tiny_proxy import save_tiny, write_toy_task
+from tiny_proxy import save_tiny
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -33,17 +33,6 @@ PLANS = [
 def eager(step, args):
     """The CPU twin of a recording: the step itself, run eagerly on every call."""
     return step
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return write_toy_task(tmp_path_factory.mktemp("task") / "toy.csv", n=160)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {kind: save_tiny(kind, root / kind, dropout=0.0) for kind in ("bert", "llama")}
 
 
 def _fidelity(model, task, **options) -> Fidelity:
@@ -92,7 +81,7 @@ def test_padded_widths():
 
 
 def test_collate_pads_to_the_graph_width_with_the_pad_id(models, task):
-    trainer = ProxyTrainer(_fidelity(models["bert"], task))
+    trainer = ProxyTrainer(_fidelity(models["bert", 0.0], task))
     data = trainer.train_data
     idx = [3, 7, 11]
     plain = proxy_train._collate(data, idx, torch.device("cpu"))
@@ -108,7 +97,7 @@ def test_collate_pads_to_the_graph_width_with_the_pad_id(models, task):
 
 
 def test_step_graphs_record_one_step_per_shape_and_give_the_eager_gradients(models, task):
-    trainer = ProxyTrainer(_fidelity(models["bert"], task))
+    trainer = ProxyTrainer(_fidelity(models["bert", 0.0], task))
     recorded = []
 
     def recording(step, args):
@@ -137,7 +126,7 @@ def test_step_graphs_record_one_step_per_shape_and_give_the_eager_gradients(mode
 
 @pytest.mark.parametrize("kind", ["bert", "llama"])
 def test_graphed_trials_equal_eager_trials_without_dropout(kind, models, task):
-    trainer = ProxyTrainer(_fidelity(models[kind], task))
+    trainer = ProxyTrainer(_fidelity(models[kind, 0.0], task))
     graphed = _graphed(trainer)
     for plan in PLANS:
         _same(trainer.run(plan), graphed.run(plan), plan)
@@ -149,7 +138,7 @@ def test_graphed_trials_equal_eager_trials_without_dropout(kind, models, task):
 @pytest.mark.parametrize("options", [{"frozen_cache": True}, {"pooled_only": True}])
 def test_graphed_trials_apply_the_cache_and_the_pooled_cut(options, models, task):
     """The frozen-layer feeder's states are one more input of the recorded step; the pooled cut is recorded as is."""
-    trainer = ProxyTrainer(_fidelity(models["bert"], task, **options))
+    trainer = ProxyTrainer(_fidelity(models["bert", 0.0], task, **options))
     graphed = _graphed(trainer)
     for plan in PLANS:
         _same(trainer.run(plan), graphed.run(plan), plan)
@@ -160,7 +149,7 @@ def test_graphed_trials_apply_the_cache_and_the_pooled_cut(options, models, task
 
 
 def test_graphed_packs_equal_eager_trials_without_dropout(models, task):
-    trainer = ProxyTrainer(_fidelity(models["bert"], task))
+    trainer = ProxyTrainer(_fidelity(models["bert", 0.0], task))
     graphed = _graphed(trainer)
     alone = [trainer.run(p) for p in PLANS]
     for a, b, plan in zip(alone, PackedTrainer(graphed, 3).run_many(PLANS), PLANS):
@@ -172,7 +161,7 @@ def test_a_step_that_cannot_be_recorded_trains_eagerly_with_a_warning(models, ta
     def refuse(step, args):
         raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
 
-    trainer = ProxyTrainer(_fidelity(models["bert"], task))
+    trainer = ProxyTrainer(_fidelity(models["bert", 0.0], task))
     graphed, refused = _graphed(trainer), _graphed(trainer, capture=refuse)
     with pytest.warns(UserWarning, match=r"--cuda-graphs: .*could not be recorded.*\(RuntimeError: operation not "
                                          r"permitted when stream is capturing\); it trains without graphs"):
@@ -182,21 +171,21 @@ def test_a_step_that_cannot_be_recorded_trains_eagerly_with_a_warning(models, ta
 
 
 def test_graphs_widths_stay_within_max_length(models, task):
-    trainer = _graphed(ProxyTrainer(_fidelity(models["bert"], task, max_length=20)))
+    trainer = _graphed(ProxyTrainer(_fidelity(models["bert", 0.0], task, max_length=20)))
     widths = {b["input_ids"].shape[1] for b in trainer.train_batches()}
     assert widths and max(widths) <= 20 and widths <= {16, 20}
 
 
 def test_cuda_graphs_need_a_cuda_device(models, task):
     with pytest.raises(StudyError, match=r"--cuda-graphs: CUDA graphs need a CUDA device.*'cpu'.*--device cuda"):
-        check_options(_fidelity(models["bert"], task, cuda_graphs=True), "cpu")
+        check_options(_fidelity(models["bert", 0.0], task, cuda_graphs=True), "cpu")
 
 
 # --------------------------------------------------------------------------- recorded on a GPU
 @cuda
 @pytest.mark.parametrize("kind", ["bert", "llama"])
 def test_recorded_trials_equal_eager_trials_on_cuda(kind, models, task):
-    trainer = ProxyTrainer(_fidelity(models[kind], task), "cuda")
+    trainer = ProxyTrainer(_fidelity(models[kind, 0.0], task), "cuda")
     graphed = _graphed(trainer, capture=None)  # the real recording
     for plan in PLANS:
         a, b = trainer.run(plan), graphed.run(plan)
@@ -210,7 +199,7 @@ def test_recorded_trials_equal_eager_trials_on_cuda(kind, models, task):
 
 @cuda
 def test_recorded_packs_and_bf16_on_cuda(models, task):
-    trainer = ProxyTrainer(_fidelity(models["bert"], task, autocast="bf16"), "cuda")
+    trainer = ProxyTrainer(_fidelity(models["bert", 0.0], task, autocast="bf16"), "cuda")
     graphed = _graphed(trainer, capture=None)
     alone = [trainer.run(p) for p in PLANS]
     for a, b in zip(alone, PackedTrainer(graphed, 3).run_many(PLANS)):

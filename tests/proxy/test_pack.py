@@ -9,7 +9,6 @@ from autopeft.proxy.fidelity import Fidelity
 from autopeft.proxy.pack import PackedTrainer, PackError, RowSplit, check_pack
 from autopeft.proxy.pooled import is_cut, queries_cut
 from autopeft.proxy.train import ProxyTrainer, TrialFailed
-from tiny_proxy import save_tiny, write_toy_task
 
 #: one plan per kind of module site: low-rank, serial/parallel adapter, scales, prefix (attention), experts, none
 PLANS = [
@@ -20,17 +19,6 @@ PLANS = [
     PeftPlan(2),
     PeftPlan.from_modules(2, {1: [M("compacter", "ffn", 8)]}),  # its rule matrices are shared by the plan's layers
 ]
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return write_toy_task(tmp_path_factory.mktemp("task") / "toy.csv", n=160)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {(kind, p): save_tiny(kind, root / f"{kind}-{p}", dropout=p) for kind in ("bert", "llama") for p in (0.0, 0.1)}
 
 
 def _trainer(models, kind, task, dropout=0.0, seed=0, cache_mb=None, **options) -> ProxyTrainer:
