@@ -304,8 +304,8 @@ def check_options(fidelity: Fidelity, device: str | torch.device | None) -> None
                       "emulated and trials likely run slower than with --autocast off; drop --autocast unless you want "
                       "bf16 numerics", stacklevel=2)
     if fidelity.cuda_graphs and dev.type != "cuda":
-        raise StudyError(f"--cuda-graphs: CUDA graphs need a CUDA device, and trials run on {str(dev)!r}; drop "
-                         "--cuda-graphs or train on a GPU (--device cuda)")
+        raise StudyError(f"--cuda-graphs: CUDA graphs need a CUDA device, and trials run on {str(dev)!r}; train on a "
+                         "GPU (--device cuda), or make the study without --cuda-graphs")
     if fidelity.compile and dev.type == "cpu" and _c_compiler() is None:
         raise StudyError("--compile: torch.compile on CPU needs a C compiler, and none was found (cc, gcc, clang or "
                          "$CC); install one (e.g. apt-get install gcc) or drop --compile")
