@@ -202,6 +202,11 @@ def configs(name: str, device, dtype, graphs: bool = False) -> list[Config]:
         Config("peft LoRA all-linear" + GRAPHED, _peft(name, "all-linear", device, dtype), graphs=True),
         Config("autopeft LoRA all-linear" + GRAPHED, _ours(name, all_sites, device, dtype), graphs=True,
                peer="peft LoRA all-linear" + GRAPHED),
+        # Triton's kernels fuse LoRA's products into fewer, larger kernels; eagerly their launches cost more than
+        # that saves (docs/benchmarks.md, "GPU check"), inside a graph launches cost nothing
+        *([Config("autopeft LoRA all-linear, Triton" + GRAPHED, _ours(name, all_sites, device, dtype), graphs=True,
+                  context=_triton_lora, peer="peft LoRA all-linear" + GRAPHED)]
+          if torch.device(device).type == "cuda" else []),
         Config("experts q,v: autopeft" + GRAPHED, experts, graphs=True, peer="experts q,v: autopeft"),
     ] if graphs else []
     return [
