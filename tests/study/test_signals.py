@@ -38,6 +38,6 @@ def test_a_held_stop_ends_the_wait_for_the_database():
     with pytest.raises(KeyboardInterrupt):
         with signals_deferred():
             with pytest.raises(sqlalchemy.exc.OperationalError):
-                with_retries(down, "a write", deadline=600, first_wait=0.01)
+                with_retries(down, "a write", deadline=60, first_wait=0.01)  # fails in a minute, not ten
             assert stop_held()
     assert len(calls) == 2 and not stop_held()
