@@ -95,10 +95,20 @@ class StepGraphs:
         self.loss_fn = loss_fn
         self.capture = capture or capture_cuda
         self._graphs: dict[tuple, Callable[..., torch.Tensor]] = {}
+        self.captures = 0  # shapes recorded so far
         self.fallback: str | None = None
 
+    def close(self) -> None:
+        """Free the recordings now. make_graphed_callables gives each recorded module a replay ``forward`` that
+        refers back to the module, a cycle that would keep the graphs' device memory until Python's cycle collector
+        ran; a worker trains thousands of trials."""
+        for step in self._graphs.values():
+            vars(step).pop("forward", None)
+        self._graphs.clear()
+
     @property
-    def captures(self) -> int:
+    def live(self) -> int:
+        """Recordings held now (0 after :meth:`close`)."""
         return len(self._graphs)
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -120,7 +130,14 @@ class StepGraphs:
                               f"({self.fallback}); it trains without graphs", stacklevel=2)
                 return self.loss_fn(batch)
             self._graphs[key] = graphed
+            self.captures += 1
         return graphed(*args)
 
 
-__all__ = ["GRAPH_WIDTH", "StepGraphs", "capture_cuda", "padded_width"]
+def release(loss_of: Callable) -> None:
+    """Close ``loss_of`` if it is a :class:`StepGraphs` (the trainers' steps are one or the plain loss function)."""
+    if isinstance(loss_of, StepGraphs):
+        loss_of.close()
+
+
+__all__ = ["GRAPH_WIDTH", "StepGraphs", "capture_cuda", "padded_width", "release"]

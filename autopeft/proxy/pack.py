@@ -36,6 +36,7 @@ from autopeft.errors import AutopeftError
 from autopeft.plan import PeftPlan
 from autopeft.proxy.fidelity import Fidelity
 from autopeft.proxy import cache as fc
+from autopeft.proxy.graphs import release
 from autopeft.proxy.train import ProxyTrainer, TrialFailed, TrialMetrics, _PeakMemory
 
 #: keyword arguments of a packed module that carry the batch dimension (and are split with the rows)
@@ -330,6 +331,7 @@ class PackedTrainer:
                     live = [t for t in live if t not in failed]
                     if live:  # the same start block: the batch already holds its states
                         packed = self.packed_model([models[t] for t in live], start)[0]
+                        release(loss_of)
                         loss_of = self._pack_loss(packed, models, live)
                 if not live:
                     break
@@ -351,6 +353,7 @@ class PackedTrainer:
                     step_times[t].append(share)
                 if on_step is not None:
                     on_step(step, sum(values) / len(values))
+        release(loss_of)
         wall = (time.perf_counter() - t0) / len(plans)  # the pack's wall time, shared out
         results: list[TrialMetrics | TrialFailed] = []
         for t, (plan, model) in enumerate(zip(plans, models)):

@@ -33,6 +33,7 @@ from autopeft.errors import AutopeftError, StudyError
 from autopeft.plan import PeftPlan
 from autopeft.proxy import cache as fc
 from autopeft.proxy.fidelity import Fidelity
+from autopeft.proxy.graphs import release
 from autopeft.proxy.models import load_classifier
 from autopeft.proxy.tasks import Example, TaskData, load_task
 
@@ -651,24 +652,28 @@ class ProxyTrainer:
             self.train_mode(model)
             loss_of = self.step_graphs(model, lambda batch: self.step_loss(model, batch))
             batches = self.train_batches(start)
-            for step in range(f.steps):
-                ts = time.perf_counter()
-                batch = next(batches)
-                loss = loss_of(batch)
-                value = loss.item()  # the step's one device sync
-                if not math.isfinite(value):
-                    raise TrialFailed(f"loss became {value} at step {step}; the plan diverged at lr {f.learning_rate}")
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:  # fp16: scaled loss, steps skipped on overflow
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
-                sched.step()
-                losses.append(value)
-                step_times.append(time.perf_counter() - ts)
-                if on_step is not None:
-                    on_step(step, losses[-1])
+            try:
+                for step in range(f.steps):
+                    ts = time.perf_counter()
+                    batch = next(batches)
+                    loss = loss_of(batch)
+                    value = loss.item()  # the step's one device sync
+                    if not math.isfinite(value):
+                        raise TrialFailed(f"loss became {value} at step {step}; the plan diverged at lr "
+                                          f"{f.learning_rate}")
+                    opt.zero_grad(set_to_none=True)
+                    if scaler is not None:  # fp16: scaled loss, steps skipped on overflow
+                        scaler.scale(loss).backward()
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        opt.step()
+                    sched.step()
+                    losses.append(value)
+                    step_times.append(time.perf_counter() - ts)
+                    if on_step is not None:
+                        on_step(step, losses[-1])
+            finally:
+                release(loss_of)
         return self.finish(model, plan, losses, step_times, mem.peak_mb, t0)

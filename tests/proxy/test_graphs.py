@@ -5,6 +5,9 @@ the padded batch widths, the per-shape bookkeeping and the wrapper's gradients a
 the same trials are recorded and replayed for real and compared with eager training.
 """
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -133,19 +136,43 @@ def test_graphed_trials_equal_eager_trials_without_dropout(kind, models, task):
     widths = {padded_width(int(trainer.train_data.lengths[idx].max()))
               for idx in trainer._batches(12, 8, trainer.fidelity.seed)}
     assert {g.captures for g in graphed.graphs} == {len(widths)} and len(widths) > 1
+    assert not any(g.live for g in graphed.graphs)  # each trial frees its recordings when its training ends
+
+
+def test_closing_frees_the_recordings_without_the_cycle_collector(models, task):
+    def cyclic(step, args):  # as make_graphed_callables leaves a module: a replay forward that refers back to it
+        step.forward = lambda *tensors: type(step).forward(step, *tensors)
+        return step
+
+    trainer = ProxyTrainer(_fidelity(models["bert", 0.0], task))
+    model = trainer.train_mode(trainer.build_model(PLANS[0]))
+    graphs = StepGraphs(model, lambda b: trainer.step_loss(model, b), capture=cyclic)
+    graphs(next(trainer.train_batches())).backward()
+    recorded = weakref.ref(next(iter(graphs._graphs.values())))
+    gc.disable()
+    try:
+        graphs.close()
+        assert recorded() is None and graphs.live == 0 and graphs.captures == 1
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("options", [{"frozen_cache": True}, {"pooled_only": True}])
 def test_graphed_trials_apply_the_cache_and_the_pooled_cut(options, models, task):
     """The frozen-layer feeder's states are one more input of the recorded step; the pooled cut is recorded as is."""
+    inputs = []
+
+    def recording(step, args):
+        inputs.append(step.names)
+        return step
+
     trainer = ProxyTrainer(_fidelity(models["bert", 0.0], task, **options))
-    graphed = _graphed(trainer)
+    graphed = _graphed(trainer, capture=recording)
     for plan in PLANS:
         _same(trainer.run(plan), graphed.run(plan), plan)
     if options.get("frozen_cache"):
         assert trainer.cached_layers(PLANS[1]) == 1  # PLANS[1] trains from cached states entering block 1
-        keys = {k for g in graphed.graphs for k in g._graphs}
-        assert any("frozen_hidden" in names for names, _ in keys)
+        assert any("frozen_hidden" in names for names in inputs)
 
 
 def test_graphed_packs_equal_eager_trials_without_dropout(models, task):
@@ -154,7 +181,7 @@ def test_graphed_packs_equal_eager_trials_without_dropout(models, task):
     alone = [trainer.run(p) for p in PLANS]
     for a, b, plan in zip(alone, PackedTrainer(graphed, 3).run_many(PLANS), PLANS):
         _same(a, b, plan)
-    assert len(graphed.graphs) == 2  # one StepGraphs per pack
+    assert len(graphed.graphs) == 2 and not any(g.live for g in graphed.graphs)  # one per pack, freed after it
 
 
 def test_a_step_that_cannot_be_recorded_trains_eagerly_with_a_warning(models, task):
