@@ -353,6 +353,7 @@ class PackedTrainer:
                     step_times[t].append(share)
                 if on_step is not None:
                     on_step(step, sum(values) / len(values))
+        step_loss = total = None  # the last step's losses hold its replay node, and through it the recordings
         release(loss_of)
         wall = (time.perf_counter() - t0) / len(plans)  # the pack's wall time, shared out
         results: list[TrialMetrics | TrialFailed] = []

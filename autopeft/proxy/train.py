@@ -675,5 +675,6 @@ class ProxyTrainer:
                     if on_step is not None:
                         on_step(step, losses[-1])
             finally:
+                loss = None  # the last step's loss holds its replay node, and through it the recordings
                 release(loss_of)
         return self.finish(model, plan, losses, step_times, mem.peak_mb, t0)
