@@ -63,3 +63,13 @@ def perturb_trainable(model: torch.nn.Module, seed: int = 7, scale: float = 0.1)
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * scale)
     return model
+
+
+def sharing(trainer, **fields):
+    """``trainer`` at another fidelity, sharing its loaded model and data (as a worker would build it anew)."""
+    from autopeft.proxy.train import ProxyTrainer
+
+    other = object.__new__(ProxyTrainer)
+    other.__dict__.update(trainer.__dict__)
+    other.fidelity = trainer.fidelity.model_copy(update=fields)
+    return other

@@ -33,7 +33,7 @@ from autopeft.errors import AutopeftError, StudyError
 from autopeft.plan import PeftPlan
 from autopeft.proxy import cache as fc
 from autopeft.proxy.fidelity import Fidelity
-from autopeft.proxy.graphs import release
+from autopeft.proxy.graphs import StepGraphs, release
 from autopeft.proxy.models import load_classifier
 from autopeft.proxy.tasks import Example, TaskData, load_task
 
@@ -563,8 +563,6 @@ class ProxyTrainer:
         """Under the fidelity's ``cuda_graphs``, ``loss_fn`` recorded per batch shape (a
         :class:`~autopeft.proxy.graphs.StepGraphs` over ``model``'s parameters); otherwise ``loss_fn`` itself.
         Built once the model is configured and in training mode: a recording keeps the modes it saw."""
-        from autopeft.proxy.graphs import StepGraphs
-
         if not self.fidelity.cuda_graphs:
             return loss_fn
         return StepGraphs(model, loss_fn, capture=self.graph_capture)

@@ -19,7 +19,7 @@ from autopeft.proxy.fidelity import Fidelity
 from autopeft.proxy.graphs import GRAPH_WIDTH, StepGraphs, padded_width
 from autopeft.proxy.pack import PackedTrainer
 from autopeft.proxy.train import ProxyTrainer, check_options
-from tiny_proxy import save_tiny
+from tiny_proxy import save_tiny, sharing
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -48,9 +48,7 @@ def _fidelity(model, task, **options) -> Fidelity:
 def _graphed(trainer: ProxyTrainer, capture=eager) -> ProxyTrainer:
     """``trainer`` with ``cuda_graphs`` on (sharing its model and data), its steps recorded by ``capture``; the
     :class:`StepGraphs` it builds are kept in ``.graphs``."""
-    other = object.__new__(ProxyTrainer)
-    other.__dict__.update(trainer.__dict__)
-    other.fidelity = trainer.fidelity.model_copy(update={"cuda_graphs": True})
+    other = sharing(trainer, cuda_graphs=True)
     other.graph_capture = capture
     other.graphs = []
     build = other.step_graphs

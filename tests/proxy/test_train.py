@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from tiny_proxy import save_tiny, write_toy_task
+from tiny_proxy import save_tiny, sharing, write_toy_task
 
 from autopeft.errors import StudyError
 from autopeft.plan import ModuleSpec, PeftPlan
@@ -74,14 +74,6 @@ def bert_trainer(tmp_path_factory, toy_task):
                                  eval_examples=40, max_length=24, learning_rate=1e-2))
 
 
-def _with(trainer: ProxyTrainer, **fields) -> ProxyTrainer:
-    """``trainer`` at another fidelity, sharing its loaded model and data (as a worker would build it anew)."""
-    other = object.__new__(ProxyTrainer)
-    other.__dict__.update(trainer.__dict__)
-    other.fidelity = trainer.fidelity.model_copy(update=fields)
-    return other
-
-
 def _losses(trainer: ProxyTrainer, plan: PeftPlan) -> list[float]:
     out: list[float] = []
     trainer.run(plan, on_step=lambda step, loss: out.append(loss))
@@ -124,7 +116,7 @@ def test_length_buckets_keep_the_examples_and_cut_padding():
 
 def test_length_buckets_only_when_asked(bert_trainer):
     plain = bert_trainer._batches(30, 8, 0)
-    bucketed = _with(bert_trainer, length_buckets=True)._batches(30, 8, 0)
+    bucketed = sharing(bert_trainer, length_buckets=True)._batches(30, 8, 0)
     assert plain != bucketed and sorted(map(sorted, plain)) != sorted(map(sorted, bucketed))
     assert sorted(i for b in plain for i in b) == sorted(i for b in bucketed for i in b)
 
@@ -152,14 +144,14 @@ def test_evaluation_batching_does_not_change_the_score(bert_trainer):
 
 # --------------------------------------------------------------------------- options
 def test_gradient_checkpointing_gives_the_same_losses(bert_trainer):
-    short = _with(bert_trainer, steps=4)
-    ckpt = _with(bert_trainer, steps=4, gradient_checkpointing=True)
+    short = sharing(bert_trainer, steps=4)
+    ckpt = sharing(bert_trainer, steps=4, gradient_checkpointing=True)
     assert _losses(ckpt, LORA) == pytest.approx(_losses(short, LORA), rel=1e-5)  # dropout masks are replayed
 
 
 def test_bf16_autocast_runs_on_cpu(bert_trainer):
-    fp32 = _losses(_with(bert_trainer, steps=4), LORA)
-    bf16 = _losses(_with(bert_trainer, steps=4, autocast="bf16"), LORA)
+    fp32 = _losses(sharing(bert_trainer, steps=4), LORA)
+    bf16 = _losses(sharing(bert_trainer, steps=4, autocast="bf16"), LORA)
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=5e-2)
 
 
