@@ -35,7 +35,12 @@ same plans; the script also counts how many of the first ``--plans`` uncondition
   operations per parameter tensor each step) instead of the fused kernel autopeft uses on CPU and CUDA: what the
   fused optimizer saves;
 * *pooled-ffn* (a control, outside the chain): the *+ pooled* row with the last block's queries all computed, the
-  cut after its attention sub-layer only (``ProxyTrainer.pooled_queries = False``): what cutting the queries saves.
+  cut after its attention sub-layer only (``ProxyTrainer.pooled_queries = False``): what cutting the queries saves;
+* *pooled-dropout* (a control, outside the chain): the *+ pooled* row with torch's dropout masks instead of
+  autopeft's CPU mask (``ProxyTrainer.fast_dropout = False``): what the cheaper mask saves;
+* *pooled-between* (a control, outside the chain): the *+ pooled* row whose cache keeps only the states a plan
+  asked for, not those of the blocks in between from the same pass (``ProxyTrainer.cache_between = False``): what
+  computing each frozen block once saves.
 
 Each row reports trials per hour (plans over the row's wall time, set-up included), the median over
 ``--repeats``, and the same per CPU-hour of the process (user + system time of all its threads: on cores shared
@@ -67,9 +72,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_table's sampler
 
 ROWS = ("baseline", "unfused", "plain", "buckets", "cache", "pooled", "bf16", "pack", "baseline-bf16", "pooled-adamw",
-        "pooled-ffn", "pooled-compiled")
+        "pooled-ffn", "pooled-compiled", "pooled-dropout", "pooled-between")
 #: Rows outside the chain of "x row above" and the shares: controls beside it, not steps of it.
-CONTROLS = ("baseline-bf16", "pooled-adamw", "pooled-ffn", "pooled-compiled")
+CONTROLS = ("baseline-bf16", "pooled-adamw", "pooled-ffn", "pooled-compiled", "pooled-dropout", "pooled-between")
 LABELS = {"baseline": "baseline: Optuna + peft + plain loop", "unfused": "autopeft, kernels unfused",
           "plain": "autopeft plain", "buckets": "+ length buckets", "cache": "+ frozen-layer cache",
           "pooled": "+ pooled token only",
@@ -77,6 +82,8 @@ LABELS = {"baseline": "baseline: Optuna + peft + plain loop", "unfused": "autope
           "baseline-bf16": "baseline under bf16 autocast (control)",
           "pooled-adamw": "pooled, torch's default AdamW, not fused (control)",
           "pooled-ffn": "pooled, every query of the last block kept (control)",
+          "pooled-dropout": "pooled, torch's dropout masks (control)",
+          "pooled-between": "pooled, no states between kept from a pass (control)",
           "pooled-compiled": "pooled, blocks compiled (--compile; control)"}
 
 
@@ -210,8 +217,8 @@ class PeftBaseline:
 
 
 # --------------------------------------------------------------------------- autopeft rows
-def autopeft_row(fidelity, unfused: bool = False, fused_adamw: bool = True,
-                 pooled_queries: bool = True) -> Callable[[list], list[dict[str, float]]]:
+def autopeft_row(fidelity, unfused: bool = False, fused_adamw: bool = True, pooled_queries: bool = True,
+                 fast_dropout: bool = True, cache_between: bool = True) -> Callable[[list], list[dict[str, float]]]:
     from autopeft.kernels import fused_kernels
     from autopeft.proxy.train import ProxyTrainer
 
@@ -219,6 +226,8 @@ def autopeft_row(fidelity, unfused: bool = False, fused_adamw: bool = True,
         trainer = ProxyTrainer(fidelity)
         trainer.fused_adamw = fused_adamw
         trainer.pooled_queries = pooled_queries
+        trainer.fast_dropout = fast_dropout
+        trainer.cache_between = cache_between
         ctx = fused_kernels(False) if unfused else contextlib.nullcontext()
         with ctx:
             return [_metrics(trainer.run(plan)) for plan in plans]
@@ -306,6 +315,10 @@ def main(argv: list[str] | None = None) -> None:
             rows[name] = autopeft_row(base.model_copy(update=fast), fused_adamw=False)
         elif name == "pooled-ffn":
             rows[name] = autopeft_row(base.model_copy(update=fast), pooled_queries=False)
+        elif name == "pooled-dropout":
+            rows[name] = autopeft_row(base.model_copy(update=fast), fast_dropout=False)
+        elif name == "pooled-between":
+            rows[name] = autopeft_row(base.model_copy(update=fast), cache_between=False)
         elif name == "pooled-compiled":  # compiled forms carry over from repeat to repeat, as from trial to trial
             rows[name] = autopeft_row(base.model_copy(update={**fast, "compile": True}))
         elif name == "pack":

@@ -14,8 +14,9 @@ runs every expert of a layer as one autograd node of two matmuls (:mod:`.cpu_exp
 ``bottleneck`` (serial and parallel adapters) and ``scale_shift_linear`` (IA3 and SSF on a frozen linear) are one
 autograd node each (:mod:`.cpu_adapters`) on CPU; on CUDA they too run the plain ops, which measured faster there.
 All fall back to the reference (autograd over plain ops) where the fused paths do not apply: a base weight or bias
-that trains, mixed dtypes, or autocast. ``fused_kernels(False)`` turns
-the fused paths off (benchmarks compare both; a fused path suspected of a bug can be ruled out). User guide:
+that trains, mixed dtypes, or autocast. ``dropout`` draws its mask from 16-bit integers on CPU
+(:mod:`.cpu_dropout`), a third of the cost of torch's float Bernoulli mask; :class:`Dropout` is an ``nn.Dropout``
+that calls it. ``fused_kernels(False)`` turns the fused paths off (benchmarks compare both; a fused path suspected of a bug can be ruled out). User guide:
 docs/kernels.md.
 """
 
@@ -29,7 +30,10 @@ from collections.abc import Iterator
 import torch
 
 from autopeft.kernels import reference
+from torch import nn
+
 from autopeft.kernels.cpu_adapters import FusedBottleneck, ScaleShiftLinear
+from autopeft.kernels.cpu_dropout import FusedDropout
 from autopeft.kernels.cpu_experts import FusedExperts, FusedRoutedExperts
 from autopeft.kernels.cpu_lora import FusedLoRA
 
@@ -132,6 +136,21 @@ def scale_shift_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return ScaleShiftLinear.apply(x, weight, bias, in_scale, out_scale, shift)
 
 
-__all__ = ["FusedBottleneck", "FusedExperts", "FusedLoRA", "FusedRoutedExperts", "ScaleShiftLinear", "bottleneck",
-           "fused_kernels", "lora_experts", "lora_linear", "reference", "routed_lora_experts", "scale_shift_linear",
-           "triton_available", "triton_requested"]
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """``F.dropout(x, p, training)``; on CPU with ``0 < p < 1`` the mask of :mod:`.cpu_dropout` (another random
+    stream than torch's, ``p`` rounded to a multiple of 1/65536). CUDA keeps torch's fused dropout kernel."""
+    if not (training and 0.0 < p < 1.0 and _enabled and x.device.type == "cpu" and x.is_floating_point()):
+        return torch.nn.functional.dropout(x, p, training)
+    return FusedDropout.apply(x, p)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` through :func:`dropout` (``inplace`` is not honoured: the fused path writes a new tensor)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+__all__ = ["Dropout", "FusedBottleneck", "FusedDropout", "FusedExperts", "FusedLoRA", "FusedRoutedExperts",
+           "ScaleShiftLinear", "bottleneck", "dropout", "fused_kernels", "lora_experts", "lora_linear", "reference",
+           "routed_lora_experts", "scale_shift_linear", "triton_available", "triton_requested"]

@@ -1,4 +1,5 @@
-"""The attention function that prepends prefix keys/values, registered with transformers' attention interface.
+"""The attention functions autopeft registers with transformers' attention interface: prefix keys/values, and
+``sdpa`` with autopeft's CPU dropout mask.
 
 transformers (>= 4.48) looks the attention function up by ``config._attn_implementation`` in
 ``AttentionInterface`` and the mask builder in ``AttentionMaskInterface``. :func:`enable_prefix_attention` switches a
@@ -12,6 +13,13 @@ computation and, on an attention module that carries ``autopeft_prefix`` (a :cla
 
 The mask builder is ``sdpa_mask`` with the causal shortcut turned off, so causal models hand over an explicit
 boolean (B, 1, T, S) mask; a ``None`` mask that still means "causal" is materialised here anyway.
+
+:data:`SDPA` (``autopeft_sdpa``) is ``sdpa`` except where the attention weights draw dropout on CPU (training,
+``dropout > 0``, not causal): there torch's scaled-dot-product attention runs its math path, whose mask is
+torch's float Bernoulli mask, and this function runs the same softmax(Q K^T * scale + mask) V as plain ops with
+:func:`autopeft.kernels.dropout` instead (``docs/kernels.md``). :func:`use_fast_dropout` switches a model to it
+and its ``nn.Dropout`` modules to :class:`autopeft.kernels.Dropout`; the trainer does so on CPU. Prefix tuning's
+``autopeft_prefix`` runs on top of it.
 """
 
 from __future__ import annotations
@@ -25,11 +33,13 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from autopeft import kernels
 from autopeft.errors import UnsupportedModelError
 
 PREFIX_SDPA = "autopeft_prefix"
 PREFIX_EAGER = "autopeft_prefix_eager"
-_WRAPS = {"sdpa": PREFIX_SDPA, "eager": PREFIX_EAGER}
+SDPA = "autopeft_sdpa"
+_WRAPS = {"sdpa": PREFIX_SDPA, SDPA: PREFIX_SDPA, "eager": PREFIX_EAGER}
 PREFIX_ATTR = "autopeft_prefix"  # attribute name of the PrefixKV on an attention module
 
 
@@ -40,16 +50,28 @@ def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
     n_rep = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)  # (B, H, S, hd)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    att = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
+    att = torch.matmul(query, key.transpose(2, 3)).mul_(scaling)  # (B, H, T, S)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             att = att.masked_fill(~attention_mask, torch.finfo(att.dtype).min)
         else:
             att = att + attention_mask
     att = F.softmax(att, dim=-1, dtype=torch.float32).to(query.dtype)
-    att = F.dropout(att, p=dropout, training=module.training)
+    att = kernels.dropout(att, dropout, module.training)
     out = torch.matmul(att, value).transpose(1, 2).contiguous()  # (B, T, H, hd)
     return out, att
+
+
+def sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   attention_mask: torch.Tensor | None, dropout: float = 0.0,
+                   **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    """``sdpa``, or :func:`eager_attention` (autopeft's dropout mask) where the weights draw dropout on CPU."""
+    is_causal = kwargs.get("is_causal")
+    causal = bool(getattr(module, "is_causal", False) if is_causal is None else is_causal)
+    if dropout > 0.0 and module.training and query.device.type == "cpu" and not causal:
+        kwargs.pop("is_causal", None)
+        return eager_attention(module, query, key, value, attention_mask, dropout=dropout, **kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, **kwargs)
 
 
 def extend_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, prefix_len: int, causal: bool,
@@ -75,7 +97,7 @@ def extend_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, prefix_len: 
 def _with_prefix(base: Callable, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                  attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
     prefix = getattr(module, PREFIX_ATTR, None)
-    if prefix is None and base is sdpa_attention_forward:
+    if prefix is None and base is sdpa_attention:
         return base(module, query, key, value, attention_mask, **kwargs)  # untouched layer
     is_causal = kwargs.pop("is_causal", None)
     causal = bool(getattr(module, "is_causal", False) if is_causal is None else is_causal)
@@ -89,7 +111,7 @@ def _with_prefix(base: Callable, module: nn.Module, query: torch.Tensor, key: to
 
 
 def prefix_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
-    return _with_prefix(sdpa_attention_forward, module, query, key, value, attention_mask, **kwargs)
+    return _with_prefix(sdpa_attention, module, query, key, value, attention_mask, **kwargs)
 
 
 def prefix_eager_attention(module, query, key, value, attention_mask, **kwargs):
@@ -101,6 +123,8 @@ def materialised_mask(*args: Any, allow_is_causal_skip: bool = True, **kwargs: A
     return sdpa_mask(*args, allow_is_causal_skip=False, **kwargs)
 
 
+AttentionInterface.register(SDPA, sdpa_attention)
+AttentionMaskInterface.register(SDPA, sdpa_mask)
 AttentionInterface.register(PREFIX_SDPA, prefix_sdpa_attention)
 AttentionInterface.register(PREFIX_EAGER, prefix_eager_attention)
 AttentionMaskInterface.register(PREFIX_SDPA, materialised_mask)
@@ -133,4 +157,19 @@ def enable_prefix_attention(model: nn.Module) -> None:
         )
 
 
-__all__ = ["PREFIX_EAGER", "PREFIX_SDPA", "enable_prefix_attention", "extend_mask", "prefix_implementation"]
+def use_fast_dropout(model: nn.Module) -> None:
+    """On CPU, draw ``model``'s dropout masks with :func:`autopeft.kernels.dropout`: its ``nn.Dropout`` modules become
+    :class:`autopeft.kernels.Dropout` and its ``sdpa`` attention :data:`SDPA` (idempotent; numbers change within
+    seeded noise, as another random stream)."""
+    for name, module in list(model.named_modules()):
+        if type(module) is nn.Dropout:
+            fast = kernels.Dropout(module.p)
+            fast.train(module.training)
+            model.set_submodule(name, fast)
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) == "sdpa":
+        model.set_attn_implementation(SDPA)
+
+
+__all__ = ["PREFIX_EAGER", "PREFIX_SDPA", "SDPA", "enable_prefix_attention", "extend_mask", "prefix_implementation",
+           "sdpa_attention", "use_fast_dropout"]

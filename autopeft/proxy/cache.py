@@ -27,7 +27,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -198,22 +198,30 @@ class _Stop(Exception):
 
 
 @torch.inference_mode()
-def capture(model: nn.Module, start: int, batches: Iterator[tuple[dict[str, torch.Tensor], torch.Tensor | None]],
-            autocast: contextlib.AbstractContextManager | None = None) -> list[torch.Tensor]:
-    """The states leaving block ``start - 1`` for every example of ``batches``, unpadded, on the CPU.
+def capture(model: nn.Module, starts: Sequence[int],
+            batches: Iterator[tuple[dict[str, torch.Tensor], torch.Tensor | None]],
+            autocast: contextlib.AbstractContextManager | None = None) -> dict[int, list[torch.Tensor]]:
+    """For each ``start`` in ``starts``, the states leaving block ``start - 1`` for every example of ``batches``,
+    unpadded, on the CPU: one pass, stopped after the highest block asked for.
 
     ``batches`` yields ``(model inputs, hidden states to feed or None)``; the inputs hold an ``attention_mask``
     giving each row's real tokens. ``model`` is in eval mode; when it is fed (:func:`install_feeder` at a lower
     layer) the fed states are passed through the blocks in between.
     """
-    out: list[torch.Tensor] = []
-    grabbed: list[torch.Tensor] = []
+    starts = sorted(set(starts))
+    out: dict[int, list[torch.Tensor]] = {s: [] for s in starts}
+    grabbed: dict[int, torch.Tensor] = {}
 
-    def hook(module, args, output):
-        grabbed.append(output[0] if isinstance(output, tuple) else output)
-        raise _Stop
+    def hook_for(start: int):
+        def hook(module, args, output):
+            grabbed[start] = output[0] if isinstance(output, tuple) else output
+            if start == starts[-1]:
+                raise _Stop
 
-    handle = get_arch(model).layers(model)[start - 1].register_forward_hook(hook)
+        return hook
+
+    layers = get_arch(model).layers(model)
+    handles = [layers[s - 1].register_forward_hook(hook_for(s)) for s in starts]
     try:
         for inputs, hidden in batches:
             grabbed.clear()
@@ -222,11 +230,13 @@ def capture(model: nn.Module, start: int, batches: Iterator[tuple[dict[str, torc
                     model(**inputs)
                 except _Stop:
                     pass
-            states = grabbed[0].float().cpu()  # (B, T, C)
-            for row, n in enumerate(inputs["attention_mask"].sum(-1).tolist()):
-                out.append(states[row, :n].clone())
+            real = inputs["attention_mask"].sum(-1).tolist()
+            for s in starts:
+                states = grabbed[s].float().cpu()  # (B, T, C)
+                out[s].extend(states[row, :n].clone() for row, n in enumerate(real))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return out
 
 
@@ -276,6 +286,13 @@ class FrozenCache:
             torch.save({"flat": entry.flat, "offsets": entry.offsets, "lengths": entry.lengths}, tmp)
             os.replace(tmp, path)  # atomic: another worker never reads half a file
         self._keep(key, entry)
+
+    def offer(self, key: Any, entry: HiddenStates, disk_key: str | None = None) -> bool:
+        """:meth:`put`, but only where ``entry`` fits beside what is kept (nothing is evicted for it); whether kept."""
+        if key in self._entries or self.nbytes + entry.nbytes > self.budget:
+            return False
+        self.put(key, entry, disk_key)
+        return True
 
     def _keep(self, key: Any, entry: HiddenStates) -> None:
         self._entries.pop(key, None)

@@ -375,6 +375,13 @@ class ProxyTrainer:
     #: attention sub-layer (:func:`autopeft.proxy.pooled.cut_last_block`). ``False``: the cut after the attention
     #: sub-layer alone (benchmarks).
     pooled_queries: bool = True
+    #: On CPU, draw dropout masks with :func:`autopeft.kernels.dropout` (16-bit integer masks, a third of the cost of
+    #: torch's float Bernoulli mask; another random stream) in the model's dropout modules and attention weights
+    #: (:func:`autopeft.peft.prefix_attention.use_fast_dropout`). ``False``: torch's dropout (benchmarks).
+    fast_dropout: bool = True
+    #: Let one pass that computes frozen blocks for the cache offer it the states entering the blocks in between too
+    #: (:meth:`hidden_states`). ``False``: keep only the states asked for (benchmarks).
+    cache_between: bool = True
     #: How a step is recorded under the fidelity's ``cuda_graphs`` (None: :func:`autopeft.proxy.graphs.capture_cuda`).
     #: The tests give an eager stand-in: the CPU twin of the recorded step.
     graph_capture = None
@@ -437,9 +444,12 @@ class ProxyTrainer:
         (its batches then come from ``train_batches(start_layer)``), the last block cut to the pooled token,
         gradient checkpointing, compile."""
         from autopeft.peft.arch import get_arch
+        from autopeft.peft.prefix_attention import use_fast_dropout
         from autopeft.proxy.pooled import cut_last_block
 
         f = self.fidelity
+        if self.fast_dropout and self.device.type == "cpu" and not f.compile:
+            use_fast_dropout(model)  # inductor fuses torch's own dropout
         if start_layer:
             fc.install_feeder(model, start_layer)
         elif f.frozen_cache and (frozen := self.frozen_layers(model.autopeft_plan)):
@@ -479,29 +489,39 @@ class ProxyTrainer:
 
     def hidden_states(self, data: _Encoded, start: int) -> fc.HiddenStates:
         """The states entering block ``start`` for every example of ``data``: from the cache, or computed (from the
-        highest cached block below ``start`` when there is one) and cached."""
+        highest cached block below ``start`` when there is one) and cached. The same pass offers the cache the
+        states entering the blocks in between, where they fit beside what it keeps, so a later plan starting lower
+        does not compute those blocks again."""
         key = (data.split, start)
         entry = self.cache.get(key, self._disk_key(data.split, start))
         if entry is not None:
             return entry
         below = max((k[1] for k in self.cache.keys() if k[0] == data.split and k[1] < start), default=0)
         lower = self.cache.get((data.split, below)) if below else None
+        between = [d for d in range(below + 1, start) if (data.split, d) not in self.cache and self.cache_between]
         model = self._base if self.device.type == "cpu" else copy.deepcopy(self._base).to(self.device)
         replaced = fc.install_feeder(model, below) if lower is not None else []
         groups = _eval_batches(data, eval_tokens(self.device))
         try:
             batches = ((self._inputs(data, idx), lower.gather(idx, int(data.lengths[idx].max())).to(self.device)
                         if lower is not None else None) for idx in groups)
-            states = fc.capture(model, start, batches, self.autocast())
+            states = fc.capture(model, [*between, start], batches, self.autocast())
         finally:
             if replaced:
                 fc.restore(model, replaced)
         order = torch.cat(groups).tolist()  # capture() returns examples in batch order; put them back in data order
-        per_example: list[torch.Tensor] = [torch.empty(0)] * len(order)
-        for i, h in zip(order, states):
-            per_example[i] = h
-        entry = fc.pack_states(per_example, getattr(torch, self.fidelity.frozen_cache_dtype))
+        dtype = getattr(torch, self.fidelity.frozen_cache_dtype)
+
+        def packed(per_batch: list[torch.Tensor]) -> fc.HiddenStates:
+            per_example: list[torch.Tensor] = [torch.empty(0)] * len(order)
+            for i, h in zip(order, per_batch):
+                per_example[i] = h
+            return fc.pack_states(per_example, dtype)
+
+        entry = packed(states.pop(start))
         self.cache.put(key, entry, self._disk_key(data.split, start))
+        for d in between:
+            self.cache.offer((data.split, d), packed(states.pop(d)), self._disk_key(data.split, d))
         return entry
 
     def _inputs(self, data: _Encoded, idx: torch.Tensor) -> dict[str, torch.Tensor]:

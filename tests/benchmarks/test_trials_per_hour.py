@@ -101,3 +101,26 @@ def test_the_pooled_ffn_control_keeps_every_query(monkeypatch):
     trials_per_hour.autopeft_row(f, pooled_queries=False)(plans)
     assert n and all(cuts[:n]) and not any(cuts[n:])
     assert "pooled-ffn" in trials_per_hour.CONTROLS
+
+
+def test_the_dropout_and_between_controls_turn_their_option_off(monkeypatch):
+    from autopeft.proxy.fidelity import Fidelity
+    from autopeft.proxy.models import load_config, model_dims
+    from autopeft.proxy.train import ProxyTrainer
+    from autopeft.space import SearchSpace, load_space
+
+    seen = []
+    run = ProxyTrainer.run
+
+    def spy(self, plan, on_step=None):
+        seen.append((self.fast_dropout, self.cache_between))
+        return run(self, plan, on_step)
+
+    monkeypatch.setattr(ProxyTrainer, "run", spy)
+    f = Fidelity.build(dict(kv.split("=", 1) for kv in TINY))
+    space = SearchSpace(load_space("full"), model_dims(load_config(f.model)))
+    plans, _ = trials_per_hour.draw_plans(space, 1, 0, True)
+    for kw in ({}, {"fast_dropout": False}, {"cache_between": False}):
+        trials_per_hour.autopeft_row(f, **kw)(plans)
+    assert seen == [(True, True), (False, True), (True, False)]
+    assert {"pooled-dropout", "pooled-between"} <= set(trials_per_hour.CONTROLS)

@@ -178,3 +178,84 @@ def test_unsupported_attention_implementation_is_refused(tiny):
     with pytest.raises(UnsupportedModelError, match="attn_implementation.*flex_attention"):
         apply_plan(model, tiny.plan("mixed"))
     assert all(p.requires_grad for p in model.parameters())  # refused before anything changed
+
+
+# --------------------------------------------------------------------------- autopeft_sdpa: the CPU dropout mask
+def _qkv(seed=0, b=2, h=3, t=5, hd=4):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, t, hd, generator=g) for _ in range(3))
+    mask = torch.ones(b, 1, t, t, dtype=torch.bool)
+    mask[1, ..., 3:] = False  # the second row's last two keys are padding
+    return q, k, v, mask
+
+
+def test_sdpa_attention_is_sdpa_without_dropout():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from autopeft.peft.prefix_attention import sdpa_attention
+
+    q, k, v, mask = _qkv()
+    for training, p in ((False, 0.1), (True, 0.0)):
+        module = SimpleNamespace(training=training, is_causal=False)
+        ours = sdpa_attention(module, q, k, v, mask, dropout=p if training else 0.0, scaling=0.5)[0]
+        theirs = sdpa_attention_forward(module, q, k, v, mask, dropout=p if training else 0.0, scaling=0.5)[0]
+        assert torch.equal(ours, theirs)
+
+
+def test_sdpa_attention_draws_the_cpu_mask_on_the_weights_when_training():
+    from autopeft.kernels.cpu_dropout import keep_mask, keep_probability
+    from autopeft.peft.prefix_attention import sdpa_attention
+
+    q, k, v, mask = _qkv(1)
+    module = SimpleNamespace(training=True, is_causal=False)
+    torch.manual_seed(4)
+    out = sdpa_attention(module, q, k, v, mask, dropout=0.25, scaling=0.5)[0]  # (B, T, H, hd)
+    torch.manual_seed(4)
+    weights = torch.softmax((q @ k.transpose(2, 3) * 0.5).masked_fill(~mask, float("-inf")), -1)
+    kept = keep_mask(weights.shape, 0.25)
+    expected = (weights * kept / keep_probability(0.25)) @ v
+    torch.testing.assert_close(out, expected.transpose(1, 2), atol=ATOL, rtol=1e-5)
+
+
+def test_causal_attention_keeps_torch_sdpa_with_its_dropout():
+    """The eager path handles no causal shortcut (a ``None`` mask meaning causal), so causal modules keep sdpa."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from autopeft.peft.prefix_attention import sdpa_attention
+
+    q, k, v, _ = _qkv(2)
+    module = SimpleNamespace(training=True, is_causal=True)
+    torch.manual_seed(8)
+    ours = sdpa_attention(module, q, k, v, None, dropout=0.3)[0]
+    torch.manual_seed(8)
+    assert torch.equal(ours, sdpa_attention_forward(module, q, k, v, None, dropout=0.3)[0])
+
+
+def test_use_fast_dropout_keeps_eval_logits_and_trains(tiny, kind):
+    from autopeft.kernels import Dropout
+    from autopeft.peft.prefix_attention import SDPA, use_fast_dropout
+
+    model = tiny.build(kind)
+    for m in model.modules():  # dropout everywhere, so the switch is visible
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.2
+    ids = tiny.ids(length=6)
+    before = tiny.logits(model, ids)
+    dropouts = sum(type(m) is torch.nn.Dropout for m in model.modules())
+    use_fast_dropout(model)
+    use_fast_dropout(model)  # idempotent
+    assert model.config._attn_implementation == SDPA
+    assert sum(type(m) is Dropout for m in model.modules()) == dropouts
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    torch.testing.assert_close(tiny.logits(model, ids), before, atol=0, rtol=0)
+    model.train()
+    torch.manual_seed(0)
+    a = tiny.logits(model, ids)
+    a.sum().backward()
+    torch.manual_seed(0)
+    assert torch.equal(tiny.logits(model, ids), a)  # seeded
+    if kind == "bert_cls":
+        assert not torch.allclose(a, before)  # dropout is on
+    plan = PeftPlan.from_modules(tiny.NUM_LAYERS, {0: [ModuleSpec("prefix", "attn", 2)]})
+    apply_plan(model, plan, seed=0)  # prefix tuning runs on top of it
+    assert model.config._attn_implementation == PREFIX_SDPA

@@ -80,7 +80,9 @@ def test_cached_trial_equals_uncached_without_lower_dropout(setup, kind, where):
     plain = ProxyTrainer(fid, use_cache=False)
     assert cached.cached_layers(plan) == fc.first_adapted_layer(plan) and plain.cached_layers(plan) == 0
     (a, la), (b, lb) = _trial(cached, plan), _trial(plain, plan)
-    assert len(cached.cache.keys()) == 3  # train, validation and test states at the plan's depth
+    depth = fc.first_adapted_layer(plan)  # train, validation and test states at the plan's depth and those below
+    splits = ("train", "validation", "test")
+    assert sorted(cached.cache.keys()) == sorted((s, d) for s in splits for d in range(1, depth + 1))
     assert la == pytest.approx(lb, rel=1e-5)  # upper blocks keep their dropout: the same masks are drawn
     assert (a.score, a.test_score) == (b.score, b.test_score)
     for name, t in a.adapter_state.items():
@@ -106,6 +108,35 @@ def test_deeper_states_are_built_from_shallower_ones(setup):
     via = stepwise.hidden_states(stepwise.eval_data, 2)  # runs block 1 only, from the cached states entering it
     assert torch.equal(direct.lengths, via.lengths)
     assert torch.allclose(direct.flat, via.flat, rtol=1e-5, atol=1e-6)
+
+
+def test_states_between_are_kept_from_the_same_pass_and_reused(setup, monkeypatch):
+    """A plan starting at block 2 computes blocks 0 and 1 once; the states entering block 1 come out of that pass
+    too, so a later plan starting at block 1 computes no frozen block and trains exactly as on a fresh trainer."""
+    low = PeftPlan.from_modules(LAYERS, {1: [M("lora", "v", 4)]})
+    high = PeftPlan.from_modules(LAYERS, {2: [M("lora", "v", 4)]})
+    trainer = ProxyTrainer(_fidelity(setup, "bert"))
+    _trial(trainer, high)
+    assert {k for k in trainer.cache.keys()} == {(s, d) for s in ("train", "validation", "test") for d in (1, 2)}
+    capture, calls = fc.capture, []
+    monkeypatch.setattr(fc, "capture", lambda *a, **kw: calls.append(a[1]) or capture(*a, **kw))
+    (again, again_losses) = _trial(trainer, low)
+    assert calls == []  # nothing below the plan computed again
+    fresh = ProxyTrainer(_fidelity(setup, "bert"))
+    (alone, alone_losses) = _trial(fresh, low)
+    assert calls == [[1]] * 3  # the fresh trainer computed block 0 for each split
+    assert again.score == alone.score and again_losses == pytest.approx(alone_losses, rel=1e-6)
+
+
+def test_offered_states_never_evict(tmp_path):
+    def entry(fill):  # 10 tokens of width 4, float32: 176 bytes
+        return fc.pack_states([torch.full((10, 4), float(fill))], torch.float32)
+
+    cache = fc.FrozenCache(budget_bytes=2 * 176)
+    cache.put("a", entry(1))
+    assert cache.offer("b", entry(2)) and not cache.offer("b", entry(3))  # kept once
+    assert not cache.offer("c", entry(4))  # no room beside a and b: not kept, nothing evicted
+    assert cache.keys() == ["a", "b"] and torch.equal(cache.get("b").flat, entry(2).flat)
 
 
 def test_bfloat16_cache_halves_memory_and_stays_close(setup):

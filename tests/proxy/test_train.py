@@ -286,3 +286,29 @@ def test_the_compiled_form_limit_reaches_torch_with_or_without_its_argument(monk
     monkeypatch.setattr(config, "recompile_limit", 8)
     assert proxy_train._form_limit() == {}
     assert config.recompile_limit == proxy_train.COMPILE_FORMS
+
+
+def test_cpu_trials_draw_autopeft_dropout_masks(tmp_path, toy_task):
+    """On CPU the trainer's models draw dropout with autopeft's mask (another random stream than torch's); off
+    (``fast_dropout = False``) or under ``compile`` they keep torch's. Without dropout both give the same trial."""
+    from autopeft.kernels import Dropout
+    from autopeft.peft.prefix_attention import SDPA
+
+    plan = PeftPlan.from_modules(2, {i: [ModuleSpec("lora", "v", 4)] for i in range(2)})
+    results = {}
+    for p in (0.1, 0.0):
+        fid = Fidelity(model=save_tiny("bert", tmp_path / f"bert-{p}", dropout=p), task=toy_task, steps=8,
+                       batch_size=8, train_examples=64, eval_examples=16, max_length=16)
+        for fast in (True, False):
+            trainer = ProxyTrainer(fid)
+            trainer.fast_dropout = fast
+            net = trainer.configure(trainer.build_model(plan))
+            assert (net.config._attn_implementation == SDPA) is fast
+            assert any(type(m) is Dropout for m in net.modules()) is fast
+            results[p, fast] = trainer.run(plan)
+    assert results[0.1, True].train_loss != results[0.1, False].train_loss  # another random stream
+    assert results[0.0, True].train_loss == pytest.approx(results[0.0, False].train_loss, rel=1e-5)
+    assert results[0.0, True].score == results[0.0, False].score
+    compiled = ProxyTrainer(fid.model_copy(update={"compile": True}))
+    net = compiled.configure(compiled.build_model(plan))
+    assert net.config._attn_implementation == "sdpa" and not any(type(m) is Dropout for m in net.modules())
