@@ -167,8 +167,12 @@ def use_fast_dropout(model: nn.Module) -> None:
             fast.train(module.training)
             model.set_submodule(name, fast)
     config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) == "sdpa":
-        model.set_attn_implementation(SDPA)
+    can_switch = getattr(model, "_can_set_attn_implementation", None)  # False: attention outside the interface
+    if getattr(config, "_attn_implementation", None) == "sdpa" and can_switch is not None and can_switch():
+        try:
+            model.set_attn_implementation(SDPA)
+        except (ValueError, ImportError):  # a model that refuses the name keeps torch's sdpa and its dropout
+            pass
 
 
 __all__ = ["PREFIX_EAGER", "PREFIX_SDPA", "SDPA", "enable_prefix_attention", "extend_mask", "prefix_implementation",

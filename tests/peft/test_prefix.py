@@ -259,3 +259,29 @@ def test_use_fast_dropout_keeps_eval_logits_and_trains(tiny, kind):
     plan = PeftPlan.from_modules(tiny.NUM_LAYERS, {0: [ModuleSpec("prefix", "attn", 2)]})
     apply_plan(model, plan, seed=0)  # prefix tuning runs on top of it
     assert model.config._attn_implementation == PREFIX_SDPA
+
+
+def test_use_fast_dropout_leaves_a_model_that_cannot_switch_on_sdpa():
+    from autopeft.kernels import Dropout
+    from autopeft.peft.prefix_attention import use_fast_dropout
+
+    class Fixed(torch.nn.Module):  # attention outside transformers' interface
+        def __init__(self):
+            super().__init__()
+            self.config = SimpleNamespace(_attn_implementation="sdpa")
+            self.drop = torch.nn.Dropout(0.1)
+
+        def _can_set_attn_implementation(self):
+            return False
+
+    class Refusing(Fixed):
+        def _can_set_attn_implementation(self):
+            return True
+
+        def set_attn_implementation(self, name):
+            raise ValueError(f"{name} is not supported")
+
+    for cls in (Fixed, Refusing):
+        model = cls()
+        use_fast_dropout(model)
+        assert model.config._attn_implementation == "sdpa" and type(model.drop) is Dropout
