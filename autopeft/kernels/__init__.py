@@ -16,8 +16,8 @@ autograd node each (:mod:`.cpu_adapters`) on CPU; on CUDA they too run the plain
 All fall back to the reference (autograd over plain ops) where the fused paths do not apply: a base weight or bias
 that trains, mixed dtypes, or autocast. ``dropout`` draws its mask from 16-bit integers on CPU
 (:mod:`.cpu_dropout`), a third of the cost of torch's float Bernoulli mask; :class:`Dropout` is an ``nn.Dropout``
-that calls it. ``fused_kernels(False)`` turns the fused paths off (benchmarks compare both; a fused path suspected of a bug can be ruled out). User guide:
-docs/kernels.md.
+that calls it. ``fused_kernels(False)`` turns the fused paths off (benchmarks compare both; a fused path suspected
+of a bug can be ruled out). User guide: docs/kernels.md.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ import os
 from collections.abc import Iterator
 
 import torch
-
-from autopeft.kernels import reference
 from torch import nn
 
+from autopeft.kernels import reference
 from autopeft.kernels.cpu_adapters import FusedBottleneck, ScaleShiftLinear
 from autopeft.kernels.cpu_dropout import FusedDropout
 from autopeft.kernels.cpu_experts import FusedExperts, FusedRoutedExperts

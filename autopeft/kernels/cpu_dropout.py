@@ -18,6 +18,8 @@ torch's dropout within seeded noise.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 _LEVELS = 1 << 16  # a mask element is one int16
@@ -30,9 +32,7 @@ def keep_probability(p: float) -> float:
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """A bool tensor of ``shape``: True with probability :func:`keep_probability` (``p``), independently."""
-    n = 1
-    for d in shape:
-        n *= int(d)
+    n = math.prod(shape)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)  # 64 random bits each
     threshold = round(p * _LEVELS) - _LEVELS // 2  # P(int16 >= threshold) = keep_probability(p)
     return bits.view(torch.int16)[:n].view(shape) >= threshold

@@ -62,13 +62,17 @@ def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
     return out, att
 
 
+def _causal(module: nn.Module, is_causal: bool | None) -> bool:
+    """Whether a call attends causally: its ``is_causal`` argument, else the module's own flag."""
+    return bool(getattr(module, "is_causal", False) if is_causal is None else is_causal)
+
+
 def sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    attention_mask: torch.Tensor | None, dropout: float = 0.0,
                    **kwargs: Any) -> tuple[torch.Tensor, Any]:
     """``sdpa``, or :func:`eager_attention` (autopeft's dropout mask) where the weights draw dropout on CPU."""
-    is_causal = kwargs.get("is_causal")
-    causal = bool(getattr(module, "is_causal", False) if is_causal is None else is_causal)
-    if dropout > 0.0 and module.training and query.device.type == "cpu" and not causal:
+    cpu_dropout = dropout > 0.0 and module.training and query.device.type == "cpu"
+    if cpu_dropout and not _causal(module, kwargs.get("is_causal")):
         kwargs.pop("is_causal", None)
         return eager_attention(module, query, key, value, attention_mask, dropout=dropout, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, **kwargs)
@@ -99,8 +103,7 @@ def _with_prefix(base: Callable, module: nn.Module, query: torch.Tensor, key: to
     prefix = getattr(module, PREFIX_ATTR, None)
     if prefix is None and base is sdpa_attention:
         return base(module, query, key, value, attention_mask, **kwargs)  # untouched layer
-    is_causal = kwargs.pop("is_causal", None)
-    causal = bool(getattr(module, "is_causal", False) if is_causal is None else is_causal)
+    causal = _causal(module, kwargs.pop("is_causal", None))
     prefix_len = 0 if prefix is None else prefix.size
     attention_mask = extend_mask(attention_mask, query.shape[2], key.shape[2], prefix_len, causal, query.device)
     if prefix is not None:
